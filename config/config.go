@@ -1,0 +1,133 @@
+// Package config reads the daemon's TOML configuration.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Defaults, documented in config.toml.example.
+const (
+	DefaultPath     = "/etc/cs-snapshotter/config.toml"
+	DefaultRoot     = "/var/lib/cs-snapshotter"
+	DefaultRunRoot  = "/run/cs-snapshotter"
+	DefaultLogLevel = "info"
+	DefaultMode     = "0600"
+	SocketName      = "cs-snapshotter.sock"
+)
+
+// Config is the daemon's configuration.
+type Config struct {
+	// Root holds the database, snapshots and blobs.
+	Root string `toml:"root"`
+	// RunRoot holds what does not survive a reboot: the socket by default.
+	RunRoot  string `toml:"run_root"`
+	LogLevel string `toml:"log_level"`
+
+	GRPC        GRPC        `toml:"grpc"`
+	Snapshotter Snapshotter `toml:"snapshotter"`
+}
+
+// GRPC configures the socket.
+type GRPC struct {
+	// Address is the unix socket path; empty means <run_root>/cs-snapshotter.sock.
+	Address string `toml:"address"`
+	// UID and GID own the socket; -1 leaves the daemon's.
+	UID int `toml:"uid"`
+	GID int `toml:"gid"`
+	// Mode is the socket's permission bits, in octal.
+	Mode string `toml:"mode"`
+}
+
+// Snapshotter configures the overlay snapshotter.
+type Snapshotter struct {
+	// MountOptions are added to every overlay mount.
+	MountOptions []string `toml:"mount_options"`
+	// AsyncRemove defers removing a snapshot's files to Cleanup.
+	AsyncRemove bool `toml:"async_remove"`
+}
+
+// Default returns the configuration used when no file sets anything.
+func Default() Config {
+	return Config{
+		Root:     DefaultRoot,
+		RunRoot:  DefaultRunRoot,
+		LogLevel: DefaultLogLevel,
+		GRPC:     GRPC{UID: -1, GID: -1, Mode: DefaultMode},
+	}
+}
+
+// Load reads path over the defaults. A missing file is not an error unless
+// required is set (the user named the file).
+func Load(path string, required bool) (Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !required {
+			return c, nil
+		}
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	if err := Parse(data, &c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes TOML data over c, rejecting keys it does not know.
+func Parse(data []byte, c *Config) error {
+	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			return fmt.Errorf("unknown key(s):\n%s", strict.String())
+		}
+		var derr *toml.DecodeError
+		if errors.As(err, &derr) {
+			row, col := derr.Position()
+			return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
+		}
+		return err
+	}
+	return c.Validate()
+}
+
+// Validate checks values a decoder cannot.
+func (c *Config) Validate() error {
+	if c.Root == "" || !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("root must be an absolute path, got %q", c.Root)
+	}
+	if c.RunRoot == "" || !filepath.IsAbs(c.RunRoot) {
+		return fmt.Errorf("run_root must be an absolute path, got %q", c.RunRoot)
+	}
+	if c.GRPC.Address != "" && !filepath.IsAbs(c.GRPC.Address) {
+		return fmt.Errorf("grpc.address must be an absolute path, got %q", c.GRPC.Address)
+	}
+	if _, err := c.GRPC.FileMode(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Address is the socket path, defaulted from RunRoot.
+func (c *Config) Address() string {
+	if c.GRPC.Address != "" {
+		return c.GRPC.Address
+	}
+	return filepath.Join(c.RunRoot, SocketName)
+}
+
+// FileMode parses Mode.
+func (g GRPC) FileMode() (os.FileMode, error) {
+	m, err := strconv.ParseUint(g.Mode, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("grpc.mode must be octal permission bits like \"0660\", got %q", g.Mode)
+	}
+	return os.FileMode(m), nil
+}

@@ -1,0 +1,93 @@
+// Package contentstore is cs-snapshotter's content.Store: blobs and
+// resumable ingests on disk (containerd's local store), their labels in the
+// daemon's database.
+package contentstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+)
+
+// Store is a content.Store whose labels live in the daemon's database.
+type Store struct {
+	content.Store
+	labels *metadata.ContentLabels
+}
+
+// New returns a content store keeping blobs under root.
+func New(root string, db *metadata.DB) (*Store, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("create content root: %w", err)
+	}
+	ls := db.ContentLabels()
+	cs, err := local.NewLabeledStore(root, ls)
+	if err != nil {
+		return nil, fmt.Errorf("open content store %s: %w", root, err)
+	}
+	return &Store{Store: cs, labels: ls}, nil
+}
+
+// Update changes the labels of a blob, rejecting labels over containerd's
+// size limit.
+func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	if err := validateLabels(info.Labels); err != nil {
+		return content.Info{}, fmt.Errorf("update content %s: %w", info.Digest, err)
+	}
+	return s.Store.Update(ctx, info, fieldpaths...)
+}
+
+// Writer starts or resumes an ingest.
+func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	w, err := s.Store.Writer(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &writer{Writer: w}, nil
+}
+
+// Delete removes a blob and its labels, so a blob ingested again later does
+// not inherit them.
+func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
+	if err := s.Store.Delete(ctx, dgst); err != nil {
+		return err
+	}
+	if err := s.labels.Delete(dgst); err != nil {
+		return fmt.Errorf("delete labels of %s: %w", dgst, err)
+	}
+	return nil
+}
+
+type writer struct {
+	content.Writer
+}
+
+// Commit validates the labels before the local store writes them.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	var info content.Info
+	for _, opt := range opts {
+		if err := opt(&info); err != nil {
+			return err
+		}
+	}
+	if err := validateLabels(info.Labels); err != nil {
+		return fmt.Errorf("commit content %s: %w", expected, err)
+	}
+	return w.Writer.Commit(ctx, size, expected, opts...)
+}
+
+func validateLabels(l map[string]string) error {
+	for k, v := range l {
+		if err := labels.Validate(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,187 @@
+// Package daemon puts the daemon together: it takes the root, opens the
+// database, the snapshotter and the content store, and serves them to
+// containerd over one unix socket.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/containerd/log"
+	"google.golang.org/grpc"
+
+	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
+)
+
+// StopTimeout bounds how long Serve waits for in-flight calls after its
+// context ends before cutting them off.
+const StopTimeout = 8 * time.Second
+
+// Daemon holds an open root.
+type Daemon struct {
+	root string
+	lock *rootLock
+	db   *metadata.DB
+	sn   *snapshotter.Snapshotter
+	cs   *contentstore.Store
+}
+
+// Open takes the root of cfg for this process and opens everything in it.
+// holder says who takes it, for the error another process gets.
+func Open(ctx context.Context, cfg config.Config, holder string) (_ *Daemon, err error) {
+	root := cfg.Root
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("create root: %w", err)
+	}
+	d := &Daemon{root: root}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.lock, err = lockRoot(root, holder); err != nil {
+		return nil, err
+	}
+	if d.db, err = metadata.Open(ctx, filepath.Join(root, metadata.FileName)); err != nil {
+		return nil, err
+	}
+	if d.sn, err = snapshotter.New(ctx, root, d.db, snapshotter.Options{
+		MountOptions: cfg.Snapshotter.MountOptions,
+		AsyncRemove:  cfg.Snapshotter.AsyncRemove,
+	}); err != nil {
+		return nil, err
+	}
+	if d.cs, err = contentstore.New(filepath.Join(root, "content"), d.db); err != nil {
+		return nil, err
+	}
+	// Finish removals a crash or an asynchronous Remove left behind.
+	if err := d.sn.Cleanup(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("cleanup at start failed")
+	}
+	return d, nil
+}
+
+// Snapshotter returns the daemon's snapshotter.
+func (d *Daemon) Snapshotter() *snapshotter.Snapshotter { return d.sn }
+
+// Content returns the daemon's content store.
+func (d *Daemon) Content() *contentstore.Store { return d.cs }
+
+// Close closes the database and releases the root.
+func (d *Daemon) Close() error {
+	var errs []error
+	if d.sn != nil {
+		errs = append(errs, d.sn.Close())
+	}
+	if d.db != nil {
+		errs = append(errs, d.db.Close())
+		d.db = nil
+	}
+	errs = append(errs, d.lock.release())
+	d.lock = nil
+	return errors.Join(errs...)
+}
+
+// NewServer returns a gRPC server with the snapshots and content services.
+func (d *Daemon) NewServer() *grpc.Server {
+	// The message limits are containerd's own, so every request containerd
+	// sends through a proxy plugin fits.
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
+		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+	)
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(d.sn))
+	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
+	return srv
+}
+
+// Serve serves on the socket of cfg until ctx ends, then stops gracefully:
+// in-flight calls get StopTimeout to finish.
+func (d *Daemon) Serve(ctx context.Context, g config.GRPC, address string) error {
+	l, err := Listen(address, g)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(address)
+	srv := d.NewServer()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	log.G(ctx).WithField("address", address).Info("serving")
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(StopTimeout):
+		log.G(ctx).Warn("calls still running after stop timeout; cutting them off")
+		srv.Stop()
+		<-stopped
+	}
+	return nil
+}
+
+// Listen creates the unix socket at address with the configured owner and
+// mode. A socket file nobody answers on is stale and replaced; one that
+// answers belongs to a live daemon and is left alone.
+func Listen(address string, g config.GRPC) (net.Listener, error) {
+	mode, err := g.FileMode()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(address), 0o711); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(address); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket", address)
+		}
+		if c, err := net.DialTimeout("unix", address, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is in use by another process", address)
+		}
+		if err := os.Remove(address); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", address, err)
+		}
+	}
+	// Create the socket with no access and open it up afterwards, so it is
+	// never reachable with wider permissions than configured.
+	old := syscall.Umask(0o777)
+	l, err := net.Listen("unix", address)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", address, err)
+	}
+	if g.UID != -1 || g.GID != -1 {
+		if err := os.Chown(address, g.UID, g.GID); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("chown socket %s: %w", address, err)
+		}
+	}
+	if err := os.Chmod(address, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket %s: %w", address, err)
+	}
+	return l, nil
+}

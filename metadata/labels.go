@@ -1,0 +1,107 @@
+package metadata
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// ContentLabels keeps the labels of content blobs, one bucket per digest.
+// It satisfies containerd's plugins/content/local.LabelStore.
+type ContentLabels struct {
+	db *DB
+}
+
+// ContentLabels returns the database's content label store.
+func (db *DB) ContentLabels() *ContentLabels {
+	return &ContentLabels{db: db}
+}
+
+func labelsBucket(tx *bolt.Tx) *bolt.Bucket {
+	return tx.Bucket(bucketContent).Bucket(bucketLabels)
+}
+
+func readLabels(b *bolt.Bucket) map[string]string {
+	if b == nil {
+		return nil
+	}
+	labels := map[string]string{}
+	b.ForEach(func(k, v []byte) error {
+		labels[string(k)] = string(v)
+		return nil
+	})
+	if len(labels) == 0 {
+		return nil
+	}
+	return labels
+}
+
+// Get returns the labels of dgst, nil if it has none.
+func (l *ContentLabels) Get(dgst digest.Digest) (labels map[string]string, err error) {
+	err = l.db.View(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
+		labels = readLabels(labelsBucket(tx).Bucket([]byte(dgst)))
+		return nil
+	})
+	return labels, err
+}
+
+// Set replaces all labels of dgst.
+func (l *ContentLabels) Set(dgst digest.Digest, labels map[string]string) error {
+	return l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
+		parent := labelsBucket(tx)
+		if err := parent.DeleteBucket([]byte(dgst)); err != nil && err != bolt.ErrBucketNotFound {
+			return fmt.Errorf("reset labels of %s: %w", dgst, err)
+		}
+		return putLabels(parent, dgst, labels)
+	})
+}
+
+// Update sets the given labels of dgst; an empty value removes a label. It
+// returns all labels after the change.
+func (l *ContentLabels) Update(dgst digest.Digest, update map[string]string) (labels map[string]string, err error) {
+	err = l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
+		parent := labelsBucket(tx)
+		if err := putLabels(parent, dgst, update); err != nil {
+			return err
+		}
+		labels = readLabels(parent.Bucket([]byte(dgst)))
+		return nil
+	})
+	return labels, err
+}
+
+// Delete drops every label of dgst; the blob is gone.
+func (l *ContentLabels) Delete(dgst digest.Digest) error {
+	return l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
+		if err := labelsBucket(tx).DeleteBucket([]byte(dgst)); err != nil && err != bolt.ErrBucketNotFound {
+			return fmt.Errorf("delete labels of %s: %w", dgst, err)
+		}
+		return nil
+	})
+}
+
+func putLabels(parent *bolt.Bucket, dgst digest.Digest, labels map[string]string) error {
+	if len(labels) == 0 {
+		return nil
+	}
+	b, err := parent.CreateBucketIfNotExists([]byte(dgst))
+	if err != nil {
+		return fmt.Errorf("labels of %s: %w", dgst, err)
+	}
+	for k, v := range labels {
+		if v == "" {
+			err = b.Delete([]byte(k))
+		} else {
+			err = b.Put([]byte(k), []byte(v))
+		}
+		if err != nil {
+			return fmt.Errorf("label %q of %s: %w", k, dgst, err)
+		}
+	}
+	if k, _ := b.Cursor().First(); k == nil {
+		return parent.DeleteBucket([]byte(dgst))
+	}
+	return nil
+}

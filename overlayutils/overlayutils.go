@@ -1,0 +1,103 @@
+// Package overlayutils knows the kernel side of overlayfs: whether it can be
+// used on a directory, which mount options it needs there, and how a chain of
+// layers becomes a mount.
+package overlayutils
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
+	"github.com/containerd/continuity/fs"
+	"github.com/containerd/log"
+)
+
+// MaxLowerDirs is the kernel's limit on overlay lower layers (OVL_MAX_STACK).
+const MaxLowerDirs = 500
+
+// Check reports why root cannot hold overlay snapshots, or nil if it can.
+func Check(root string) error {
+	dtype, err := fs.SupportsDType(root)
+	if err != nil {
+		return fmt.Errorf("check d_type support on %s: %w", root, err)
+	}
+	if !dtype {
+		return fmt.Errorf("%s does not support d_type; on xfs, reformat with ftype=1", root)
+	}
+	if err := overlayutils.Supported(root); err != nil {
+		return fmt.Errorf("overlayfs is not usable on %s: %w", root, err)
+	}
+	return nil
+}
+
+// DefaultOptions returns the overlay mount options root needs on top of
+// extra: "userxattr" where the kernel requires it (rootless, user
+// namespaces) and "index=off" where the kernel knows the option, as
+// containerd's overlayfs snapshotter does.
+func DefaultOptions(root string, extra []string) []string {
+	opts := append([]string(nil), extra...)
+	if !hasOption(opts, "userxattr") {
+		need, err := overlayutils.NeedsUserXAttr(root)
+		if err != nil {
+			log.L.WithError(err).Warnf("cannot detect whether \"userxattr\" is needed, assuming %v", need)
+		}
+		if need {
+			opts = append(opts, "userxattr")
+		}
+	}
+	if !hasOption(opts, "index") && supportsIndex() {
+		opts = append(opts, "index=off")
+	}
+	return opts
+}
+
+func hasOption(options []string, key string) bool {
+	for _, o := range options {
+		if o == key || strings.HasPrefix(o, key+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+func supportsIndex() bool {
+	_, err := os.Stat("/sys/module/overlay/parameters/index")
+	return err == nil
+}
+
+// Layers describes what a snapshot mounts: its own directories (upper and
+// work, set for an active snapshot) and its parents' directories, nearest
+// parent first.
+type Layers struct {
+	Upper    string
+	Work     string
+	Lowers   []string
+	ReadOnly bool
+}
+
+// Mounts turns layers into mounts the way containerd's overlayfs snapshotter
+// does: a bind mount when there is at most one directory to show, overlay
+// otherwise. options are the overlay options from DefaultOptions.
+func Mounts(l Layers, options []string) ([]mount.Mount, error) {
+	if len(l.Lowers) > MaxLowerDirs {
+		return nil, fmt.Errorf("%d parent layers exceed the kernel's overlay limit of %d", len(l.Lowers), MaxLowerDirs)
+	}
+	if len(l.Lowers) == 0 {
+		mode := "rw"
+		if l.ReadOnly {
+			mode = "ro"
+		}
+		return []mount.Mount{{Type: "bind", Source: l.Upper, Options: []string{mode, "rbind"}}}, nil
+	}
+	var opts []string
+	if !l.ReadOnly {
+		opts = append(opts, "workdir="+l.Work, "upperdir="+l.Upper)
+	} else if len(l.Lowers) == 1 {
+		return []mount.Mount{{Type: "bind", Source: l.Lowers[0], Options: []string{"ro", "rbind"}}}, nil
+	}
+	opts = append(opts, "lowerdir="+strings.Join(l.Lowers, ":"))
+	opts = append(opts, options...)
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: opts}}, nil
+}

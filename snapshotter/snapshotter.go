@@ -1,0 +1,373 @@
+// Package snapshotter is cs-snapshotter's snapshots.Snapshotter: overlayfs
+// layers on disk, their records in the daemon's database.
+//
+// On disk, under root:
+//
+//	snapshots/<id>   the snapshot's files (an overlay upper or lower dir)
+//	work/<id>        overlay's work dir, for active snapshots
+//
+// <id> is the record's numeric ID in base 36. The files sit directly in
+// snapshots/<id> (not in a fs/ subdirectory as containerd's overlayfs
+// snapshotter has them) so that after containerd's mount code shortens
+// lowerdir to paths relative to snapshots/, each layer costs only a few bytes
+// of the one-page mount data, and a chain of 500 layers (the kernel's limit)
+// still mounts.
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/continuity/fs"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
+)
+
+// Options tune the snapshotter.
+type Options struct {
+	// MountOptions are extra overlay mount options.
+	MountOptions []string
+	// AsyncRemove leaves a removed snapshot's directories for Cleanup
+	// instead of deleting them during Remove.
+	AsyncRemove bool
+}
+
+// Snapshotter implements snapshots.Snapshotter and snapshots.Cleaner.
+type Snapshotter struct {
+	root        string
+	db          *metadata.DB
+	options     []string
+	asyncRemove bool
+}
+
+var _ snapshots.Cleaner = (*Snapshotter)(nil)
+
+// New returns a snapshotter keeping files under root and records in db. The
+// caller owns db and closes it after the snapshotter.
+func New(ctx context.Context, root string, db *metadata.DB, opts Options) (*Snapshotter, error) {
+	for _, dir := range []string{root, filepath.Join(root, "snapshots"), filepath.Join(root, "work")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	if err := overlayutils.Check(root); err != nil {
+		return nil, err
+	}
+	return &Snapshotter{
+		root:        root,
+		db:          db,
+		options:     overlayutils.DefaultOptions(root, opts.MountOptions),
+		asyncRemove: opts.AsyncRemove,
+	}, nil
+}
+
+// Stat returns the info of the snapshot key.
+func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
+	err = s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		_, info, _, err = storage.GetInfo(ctx, key)
+		return err
+	})
+	if err != nil {
+		return snapshots.Info{}, fmt.Errorf("stat snapshot %q: %w", key, err)
+	}
+	return info, nil
+}
+
+// Update changes the labels of a snapshot.
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (_ snapshots.Info, err error) {
+	if err := validateLabels(info.Labels); err != nil {
+		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
+	}
+	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		info, err = storage.UpdateInfo(ctx, info, fieldpaths...)
+		return err
+	})
+	if err != nil {
+		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
+	}
+	return info, nil
+}
+
+// Usage returns the disk usage of a snapshot: recorded at commit for a
+// committed one, measured now for an active one.
+func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	var (
+		id    string
+		info  snapshots.Info
+		usage snapshots.Usage
+	)
+	if err := s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
+		id, info, usage, err = storage.GetInfo(ctx, key)
+		return err
+	}); err != nil {
+		return snapshots.Usage{}, fmt.Errorf("usage of snapshot %q: %w", key, err)
+	}
+	if info.Kind == snapshots.KindActive {
+		du, err := fs.DiskUsage(ctx, s.filesPath(id))
+		if err != nil {
+			return snapshots.Usage{}, fmt.Errorf("usage of snapshot %q: %w", key, err)
+		}
+		usage = snapshots.Usage(du)
+	}
+	return usage, nil
+}
+
+// Prepare creates an active snapshot on top of parent.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.create(ctx, snapshots.KindActive, key, parent, opts)
+}
+
+// View creates a read-only snapshot of parent.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.create(ctx, snapshots.KindView, key, parent, opts)
+}
+
+// Mounts returns the mounts of an active or view snapshot.
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var snap storage.Snapshot
+	if err := s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
+		snap, err = storage.GetSnapshot(ctx, key)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
+	}
+	return s.mounts(snap)
+}
+
+// Commit turns the active snapshot key into the committed snapshot name.
+func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	if err := validateOpts(opts); err != nil {
+		return fmt.Errorf("commit %q as %q: %w", key, name, err)
+	}
+	err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		id, info, _, err := storage.GetInfo(ctx, key)
+		if err != nil {
+			return err
+		}
+		if info.Kind != snapshots.KindActive {
+			return fmt.Errorf("snapshot is %v, not active: %w", info.Kind, errdefs.ErrFailedPrecondition)
+		}
+		usage, err := fs.DiskUsage(ctx, s.filesPath(id))
+		if err != nil {
+			return err
+		}
+		_, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("commit %q as %q: %w", key, name, err)
+	}
+	return nil
+}
+
+// Remove deletes the snapshot key, which must have no children.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	var id string
+	if err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
+		id, _, err = storage.Remove(ctx, key)
+		return err
+	}); err != nil {
+		return fmt.Errorf("remove snapshot %q: %w", key, err)
+	}
+	if !s.asyncRemove {
+		// The record is gone; a directory left behind by a failure here is an
+		// orphan that Cleanup removes.
+		for _, dir := range []string{s.filesPath(id), s.workPath(id)} {
+			if err := os.RemoveAll(dir); err != nil {
+				log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove snapshot directory")
+			}
+		}
+	}
+	return nil
+}
+
+// Walk calls fn for every snapshot matching the filters.
+func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
+	return s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		return storage.WalkInfo(ctx, fn, filters...)
+	})
+}
+
+// Cleanup removes directories no snapshot record refers to: those of removed
+// snapshots and those left by interrupted operations.
+func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	var orphans []string
+	// Listing inside a write transaction serializes with create, whose
+	// temporary directory only exists inside its own write transaction.
+	if err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		ids, err := storage.IDMap(ctx)
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return err
+		}
+		live := make(map[string]bool, len(ids))
+		for id := range ids {
+			live[dirName(id)] = true
+		}
+		for _, parent := range []string{"snapshots", "work"} {
+			dir := filepath.Join(s.root, parent)
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if !live[e.Name()] {
+					orphans = append(orphans, filepath.Join(dir, e.Name()))
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	for _, dir := range orphans {
+		if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove orphan directory")
+		}
+	}
+	return nil
+}
+
+// Close releases nothing: the database belongs to the caller.
+func (s *Snapshotter) Close() error { return nil }
+
+func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
+	if err := validateOpts(opts); err != nil {
+		return nil, fmt.Errorf("create snapshot %q: %w", key, err)
+	}
+	var (
+		snap    storage.Snapshot
+		tmp     string
+		created []string
+	)
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, dir := range append(created, tmp) {
+			if dir == "" {
+				continue
+			}
+			if rerr := os.RemoveAll(dir); rerr != nil {
+				log.G(ctx).WithError(rerr).WithField("path", dir).Warn("failed to remove directory of failed snapshot")
+			}
+		}
+	}()
+	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
+		// Directories are made inside the transaction so Cleanup, which lists
+		// under a write transaction too, never sees them half made.
+		tmp, err = os.MkdirTemp(filepath.Join(s.root, "snapshots"), "new-")
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(tmp, 0o755); err != nil {
+			return err
+		}
+		snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
+		if err != nil {
+			return err
+		}
+		if len(snap.ParentIDs) > 0 {
+			// Like containerd: the new root belongs to whoever owns the parent's.
+			if err := chownLike(tmp, s.filesPath(snap.ParentIDs[0])); err != nil {
+				return err
+			}
+		}
+		if kind == snapshots.KindActive {
+			work := s.workPath(snap.ID)
+			if err := os.Mkdir(work, 0o711); err != nil {
+				return err
+			}
+			created = append(created, work)
+		}
+		files := s.filesPath(snap.ID)
+		if err := os.Rename(tmp, files); err != nil {
+			return err
+		}
+		tmp = ""
+		created = append(created, files)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot %q: %w", key, err)
+	}
+	return s.mounts(snap)
+}
+
+func (s *Snapshotter) mounts(snap storage.Snapshot) ([]mount.Mount, error) {
+	l := overlayutils.Layers{
+		Upper:    s.filesPath(snap.ID),
+		ReadOnly: snap.Kind == snapshots.KindView,
+	}
+	if snap.Kind == snapshots.KindActive {
+		l.Work = s.workPath(snap.ID)
+	}
+	for _, pid := range snap.ParentIDs {
+		l.Lowers = append(l.Lowers, s.filesPath(pid))
+	}
+	m, err := overlayutils.Mounts(l, s.options)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	return m, nil
+}
+
+func (s *Snapshotter) filesPath(id string) string {
+	return filepath.Join(s.root, "snapshots", dirName(id))
+}
+
+func (s *Snapshotter) workPath(id string) string {
+	return filepath.Join(s.root, "work", dirName(id))
+}
+
+// dirName is the short on-disk name of record ID id (decimal).
+func dirName(id string) string {
+	n, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		return id
+	}
+	return strconv.FormatUint(n, 36)
+}
+
+func chownLike(path, like string) error {
+	st, err := os.Stat(like)
+	if err != nil {
+		return fmt.Errorf("stat parent: %w", err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("stat parent %s: no ownership information", like)
+	}
+	return os.Lchown(path, int(sys.Uid), int(sys.Gid))
+}
+
+func validateOpts(opts []snapshots.Opt) error {
+	var info snapshots.Info
+	for _, opt := range opts {
+		if err := opt(&info); err != nil {
+			return err
+		}
+	}
+	return validateLabels(info.Labels)
+}
+
+func validateLabels(l map[string]string) error {
+	for k, v := range l {
+		if err := labels.Validate(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
