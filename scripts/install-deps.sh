@@ -44,22 +44,9 @@ if ! have_version nerdctl "${NERDCTL_VERSION#v}"; then
   # fails; building inside a tiny module that requires it works.
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  cat >"$work/go.mod" <<MOD
-module nerdctl-build
-
-go 1.24
-
-require github.com/containerd/nerdctl/v2 $NERDCTL_VERSION
-MOD
-  cat >"$work/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import _ "github.com/containerd/nerdctl/v2/cmd/nerdctl"
-GO
-  (cd "$work" && go mod tidy >/dev/null 2>&1 || true
-   cd "$work" && go mod download github.com/containerd/nerdctl/v2 &&
+  printf 'module nerdctl-build\n\ngo 1.24\n' >"$work/go.mod"
+  (cd "$work" &&
+   go get "github.com/containerd/nerdctl/v2/cmd/nerdctl@$NERDCTL_VERSION" &&
    go build -tags no_btrfs -o "$BIN/nerdctl" \
      -ldflags "-X github.com/containerd/nerdctl/v2/pkg/version.Version=$NERDCTL_VERSION" \
      github.com/containerd/nerdctl/v2/cmd/nerdctl)
