@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
@@ -104,7 +105,7 @@ func (d *Daemon) NewServer() *grpc.Server {
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
 	)
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(d.sn))
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn)})
 	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
 	return srv
 }
@@ -184,4 +185,15 @@ func Listen(address string, g config.GRPC) (net.Listener, error) {
 		return nil, fmt.Errorf("chmod socket %s: %w", address, err)
 	}
 	return l, nil
+}
+
+// snapshotsService mends containerd's snapshot service, whose List returns
+// Walk's error without a gRPC code: a malformed filter must reach the
+// client as InvalidArgument, not Unknown.
+type snapshotsService struct {
+	snapshotsapi.SnapshotsServer
+}
+
+func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream snapshotsapi.Snapshots_ListServer) error {
+	return errgrpc.ToGRPC(s.SnapshotsServer.List(req, stream))
 }

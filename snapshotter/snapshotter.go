@@ -87,18 +87,18 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 }
 
 // Update changes the labels of a snapshot.
-func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (_ snapshots.Info, err error) {
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (updated snapshots.Info, err error) {
 	if err := validateLabels(info.Labels); err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
 	}
 	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
-		info, err = storage.UpdateInfo(ctx, info, fieldpaths...)
+		updated, err = storage.UpdateInfo(ctx, info, fieldpaths...)
 		return err
 	})
 	if err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
 	}
-	return info, nil
+	return updated, nil
 }
 
 // Usage returns the disk usage of a snapshot: recorded at commit for a
@@ -243,12 +243,11 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 // Close releases nothing: the database belongs to the caller.
 func (s *Snapshotter) Close() error { return nil }
 
-func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
+func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (mounts []mount.Mount, err error) {
 	if err := validateOpts(opts); err != nil {
 		return nil, fmt.Errorf("create snapshot %q: %w", key, err)
 	}
 	var (
-		snap    storage.Snapshot
 		tmp     string
 		created []string
 	)
@@ -275,8 +274,12 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err := os.Chmod(tmp, 0o755); err != nil {
 			return err
 		}
-		snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
+		snap, err := storage.CreateSnapshot(ctx, kind, key, parent, opts...)
 		if err != nil {
+			return err
+		}
+		// A snapshot that cannot be mounted is not made.
+		if mounts, err = s.mounts(snap); err != nil {
 			return err
 		}
 		if len(snap.ParentIDs) > 0 {
@@ -303,7 +306,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot %q: %w", key, err)
 	}
-	return s.mounts(snap)
+	return mounts, nil
 }
 
 func (s *Snapshotter) mounts(snap storage.Snapshot) ([]mount.Mount, error) {
