@@ -1,0 +1,392 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
+	"github.com/opencontainers/go-digest"
+)
+
+// layerCheckScript prints what the image's layers 2 and 3 did, and checks
+// the container's writable layer.
+const layerCheckScript = `cat /etc/cs-layer2.txt
+if [ -e /etc/cs-remove-me.txt ]; then echo remove-me present; else echo remove-me deleted; fi
+ls /opt/cs
+echo written > /tmp/w && cat /tmp/w`
+
+const layerCheckWant = imagebuild.Layer2Text + "remove-me deleted\nb.txt\nwritten\n"
+
+// ctrSnapshot is one line of `ctr snapshots ls`.
+type ctrSnapshot struct{ Key, Parent, Kind string }
+
+// CtrSnapshots parses `ctr snapshots --snapshotter <sn> ls`.
+func (e *Env) CtrSnapshots() map[string]ctrSnapshot {
+	e.t.Helper()
+	out := e.MustCtr("snapshots", "--snapshotter", e.Snapshotter, "ls")
+	snaps := map[string]ctrSnapshot{}
+	for i, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if i == 0 || len(f) == 0 {
+			if i == 0 && (len(f) < 3 || f[0] != "KEY") {
+				e.t.Fatalf("unexpected `ctr snapshots ls` header %q:\n%s", line, out)
+			}
+			continue
+		}
+		s := ctrSnapshot{Key: f[0], Kind: f[len(f)-1]}
+		if len(f) == 3 {
+			s.Parent = f[1]
+		}
+		snaps[s.Key] = s
+	}
+	return snaps
+}
+
+// checkChain fails unless containerd lists every chain ID as a committed
+// snapshot whose parent is the previous chain ID.
+func (e *Env) checkChain(chain []digest.Digest) {
+	e.t.Helper()
+	snaps := e.CtrSnapshots()
+	for i, c := range chain {
+		s, ok := snaps[c.String()]
+		wantParent := ""
+		if i > 0 {
+			wantParent = chain[i-1].String()
+		}
+		switch {
+		case !ok:
+			e.t.Errorf("layer %d: no snapshot %s in `ctr snapshots --snapshotter %s ls`", i+1, c, e.Snapshotter)
+		case s.Kind != "Committed":
+			e.t.Errorf("layer %d: snapshot %s is %s, want Committed", i+1, c, s.Kind)
+		case s.Parent != wantParent:
+			e.t.Errorf("layer %d: snapshot %s has parent %q, want %q", i+1, c, s.Parent, wantParent)
+		}
+	}
+	if e.t.Failed() {
+		e.t.FailNow()
+	}
+}
+
+// eventually retries f until it succeeds or timeout passes; it returns the
+// last result.
+func (e *Env) eventually(timeout time.Duration, f func() Result) Result {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for tries := 1; ; tries++ {
+		r := f()
+		if r.Err == nil || time.Now().After(deadline) {
+			if tries > 1 {
+				e.t.Logf("succeeded=%v after %d tries", r.Err == nil, tries)
+			}
+			return r
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func wantOutput(t *testing.T, what, got, want string) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("%s: got %q, want %q", what, got, want)
+	}
+}
+
+// TestCtrImportRun imports the image with `ctr images import --snapshotter
+// cs`, runs containers from it with `ctr run`, and checks the layer chain
+// containerd and the daemon record.
+func TestCtrImportRun(t *testing.T) {
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	e.ImportImage(imageArchive)
+	if out := e.MustCtr("images", "ls", "-q"); !strings.Contains("\n"+out, "\n"+imageName+"\n") {
+		t.Fatalf("`ctr images ls -q` does not list %s:\n%s", imageName, out)
+	}
+
+	out := e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("hello"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "ctr run cat "+imagebuild.HelloPath, out, imagebuild.HelloText)
+
+	// Layers 2 and 3 (added file, whiteout, opaque dir) and the writable
+	// layer.
+	out = e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("layers"), "sh", "-c", layerCheckScript)
+	wantOutput(t, "layer check", out, layerCheckWant)
+
+	e.checkChain(image.ChainIDs())
+	for key, s := range e.CtrSnapshots() {
+		if s.Kind != "Committed" {
+			t.Errorf("snapshot %s is %s after `ctr run --rm`; want only committed layers left", key, s.Kind)
+		}
+	}
+
+	{
+		// The daemon itself holds the chain, under containerd's names.
+		snaps := e.DialDaemon().Snapshots(t)
+		for i, c := range image.ChainIDs() {
+			info, ok := chainSnapshot(snaps, c)
+			if !ok {
+				t.Errorf("layer %d: the daemon holds no snapshot for chain ID %s; it has:\n%s", i+1, c, describeSnapshots(snaps))
+				continue
+			}
+			if info.Kind.String() != "Committed" {
+				t.Errorf("layer %d: daemon snapshot %s is %s", i+1, info.Name, info.Kind)
+			}
+		}
+	}
+
+	t.Run("deep", func(t *testing.T) {
+		// 6 layers; the first 3 are the same as the image's, so containerd
+		// reuses those snapshots and stacks 3 more.
+		e.ImportImage(deepArchive)
+		script := fmt.Sprintf("cat %s %s %s", imagebuild.HelloPath, imagebuild.LayerFile(deepDepth), imagebuild.Layer2Path)
+		out := e.MustCtr("run", "--rm", "--snapshotter", sn, deepName, e.ID("deep"), "sh", "-c", script)
+		wantOutput(t, "deep image", out, imagebuild.HelloText+fmt.Sprintf("added by layer %d\n", deepDepth)+imagebuild.Layer2Text)
+		e.checkChain(deepImage.ChainIDs())
+		for i := range 3 {
+			if deepImage.Layers[i].ChainID != image.Layers[i].ChainID {
+				t.Fatalf("test images should share layer %d", i+1)
+			}
+		}
+	})
+}
+
+// TestNerdctlRun loads the image with nerdctl and runs containers from it,
+// one-shot and detached with exec.
+func TestNerdctlRun(t *testing.T) {
+	e := NewEnv(t)
+	e.MustNerdctl("load", "-i", imageArchive)
+	if out := e.MustNerdctl("images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(out, "cs-busybox:latest") {
+		t.Fatalf("`nerdctl images` does not list cs-busybox:latest:\n%s", out)
+	}
+	out := e.MustNerdctl("run", "--rm", "--net", "none", imageName, "cat", imagebuild.HelloPath)
+	wantOutput(t, "nerdctl run cat "+imagebuild.HelloPath, out, imagebuild.HelloText)
+
+	out = e.MustNerdctl("run", "--rm", "--net", "none", imageName, "sh", "-c", layerCheckScript)
+	wantOutput(t, "layer check", out, layerCheckWant)
+	e.checkChain(image.ChainIDs())
+
+	name := e.ID("detached")
+	e.MustNerdctl("run", "-d", "--net", "none", "--name", name, imageName, "sleep", "300")
+	out = e.MustNerdctl("exec", name, "sh", "-c", "echo from-exec > /tmp/x; cat /tmp/x "+imagebuild.HelloPath)
+	wantOutput(t, "nerdctl exec", out, "from-exec\n"+imagebuild.HelloText)
+	e.MustNerdctl("rm", "-f", name)
+	if out := e.MustNerdctl("ps", "-a", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("containers left after nerdctl rm -f: %q", out)
+	}
+}
+
+// TestNerdctlCommit commits a container's changes (an added file and a
+// deleted lower-layer file) to a new image and runs it.
+func TestNerdctlCommit(t *testing.T) {
+	e := NewEnv(t)
+	e.ImportImage(imageArchive)
+	const committed = "docker.io/library/cs-committed:latest"
+	name := e.ID("writer")
+	e.MustNerdctl("run", "--name", name, "--net", "none", imageName, "sh", "-c",
+		"echo committed-data > /root/committed.txt && rm "+imagebuild.Layer2Path)
+	e.MustNerdctl("commit", name, committed)
+
+	out := e.MustNerdctl("run", "--rm", "--net", "none", committed, "sh", "-c",
+		"cat /root/committed.txt "+imagebuild.HelloPath+"; if [ -e "+imagebuild.Layer2Path+" ]; then echo layer2 present; else echo layer2 deleted; fi")
+	wantOutput(t, "run committed image", out, "committed-data\n"+imagebuild.HelloText+"layer2 deleted\n")
+
+	// The original image is unchanged.
+	out = e.MustNerdctl("run", "--rm", "--net", "none", imageName, "sh", "-c", "cat "+imagebuild.Layer2Path+"; ls /root")
+	wantOutput(t, "run original image", out, imagebuild.Layer2Text)
+
+	// The committed image is the original chain plus one layer.
+	snaps := e.CtrSnapshots()
+	var children []string
+	top := image.ChainIDs()[len(image.Layers)-1].String()
+	for key, s := range snaps {
+		if s.Parent == top && s.Kind == "Committed" {
+			children = append(children, key)
+		}
+	}
+	if len(children) != 1 {
+		t.Errorf("want exactly one committed snapshot on top of the image's chain (the commit), got %v; snapshots: %v", children, snaps)
+	}
+
+	e.MustNerdctl("rm", name)
+	e.MustNerdctl("rmi", committed)
+	out = e.MustCtr("run", "--rm", "--snapshotter", e.Snapshotter, imageName, e.ID("after"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "run after rmi", out, imagebuild.HelloText)
+}
+
+// TestDaemonRestart restarts cs-snapshotter (SIGTERM, start on the same
+// root) while containerd keeps running; images, committed layers and a
+// container created before the restart keep working. A second daemon on the
+// same root must refuse to start.
+func TestDaemonRestart(t *testing.T) {
+	requireDaemon(t)
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	e.ImportImage(imageArchive)
+	out := e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("before"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "before restart", out, imagebuild.HelloText)
+
+	t.Run("second daemon refuses the root", func(t *testing.T) {
+		second := e.StartSecondDaemon(filepath.Join(e.Dir, "cs2.sock"), filepath.Join(e.Dir, "cs2-run"), filepath.Join(e.Dir, "cs2.log"))
+		if !second.waitExit(10 * time.Second) {
+			t.Errorf("a second cs-snapshotter on the same root (--root %s) is still running after 10 s; it must refuse to start\nits log:\n%s",
+				e.CSRoot, tailFile(second.logPath, 30))
+		} else if second.err == nil {
+			t.Errorf("a second cs-snapshotter on the same root exited with status 0; want a failure\nits log:\n%s", tailFile(second.logPath, 30))
+		} else {
+			t.Logf("second daemon refused as expected (%v):\n%s", second.err, tailFile(second.logPath, 5))
+		}
+		// The first daemon is unharmed.
+		out := e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("still"), "cat", imagebuild.HelloPath)
+		wantOutput(t, "first daemon after the second's attempt", out, imagebuild.HelloText)
+	})
+
+	// A container whose active snapshot is prepared before the restart and
+	// first mounted after it.
+	pre := e.ID("pre")
+	e.MustCtr("containers", "create", "--snapshotter", sn, imageName, pre, "sh", "-c", "cat "+imagebuild.HelloPath+"; ls /opt/cs")
+
+	e.StopDaemon()
+	e.StartDaemon()
+
+	// containerd's proxy client reconnects with a backoff of at most 3 s.
+	r := e.eventually(20*time.Second, func() Result {
+		return e.Ctr("run", "--rm", "--snapshotter", sn, imageName, e.ID("after"), "cat", imagebuild.HelloPath)
+	})
+	wantOutput(t, "after restart", e.Must(r), imagebuild.HelloText)
+
+	out = e.MustCtr("tasks", "start", pre)
+	wantOutput(t, "container created before the restart", out, imagebuild.HelloText+"b.txt\n")
+	e.MustCtr("containers", "rm", pre)
+
+	e.checkChain(image.ChainIDs())
+	out = e.MustNerdctl("run", "--rm", "--net", "none", imageName, "sh", "-c", layerCheckScript)
+	wantOutput(t, "nerdctl after restart", out, layerCheckWant)
+
+	// New layers after the restart, and one more restart with them.
+	e.ImportImage(deepArchive)
+	e.StopDaemon()
+	e.StartDaemon()
+	r = e.eventually(20*time.Second, func() Result {
+		return e.Ctr("run", "--rm", "--snapshotter", sn, deepName, e.ID("deep"), "cat", imagebuild.LayerFile(deepDepth))
+	})
+	wantOutput(t, "deep image after second restart", e.Must(r), fmt.Sprintf("added by layer %d\n", deepDepth))
+	e.checkChain(deepImage.ChainIDs())
+}
+
+// TestGarbageCollection removes images and containers and checks, on the
+// daemon's socket, that containerd's GC removed their snapshots and blobs
+// from cs-snapshotter (and only those no image still uses).
+func TestGarbageCollection(t *testing.T) {
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	e.ImportImage(imageArchive)
+	e.ImportImage(deepArchive)
+	client := e.DialDaemon()
+
+	// Containers in all states, all removed again.
+	out := e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("rm"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "ctr run", out, imagebuild.HelloText)
+	created := e.ID("created")
+	e.MustCtr("containers", "create", "--snapshotter", sn, deepName, created, "true")
+	nerd := e.ID("nerd")
+	e.MustNerdctl("run", "--name", nerd, "--net", "none", imageName, "sh", "-c", "echo x > /root/x")
+
+	snaps := client.Snapshots(t)
+	for _, c := range deepImage.ChainIDs() {
+		if _, ok := chainSnapshot(snaps, c); !ok {
+			t.Fatalf("before GC: the daemon holds no snapshot for chain ID %s; it has:\n%s", c, describeSnapshots(snaps))
+		}
+	}
+	active := 0
+	for _, info := range snaps {
+		if info.Kind.String() == "Active" {
+			active++
+		}
+	}
+	if active < 2 {
+		t.Errorf("before GC: want the active snapshots of containers %s and %s, the daemon has:\n%s", created, nerd, describeSnapshots(snaps))
+	}
+	for _, d := range append(image.BlobDigests(), deepImage.BlobDigests()...) {
+		if !client.BlobExists(t, d) {
+			t.Fatalf("before GC: the daemon's content store lacks blob %s", d)
+		}
+	}
+
+	e.MustCtr("containers", "rm", created)
+	e.MustNerdctl("rm", nerd)
+
+	// Remove the 3-layer image: its manifest and config go, the layers it
+	// shares with the deep image stay.
+	e.MustCtr("images", "rm", "--sync", imageName)
+	e.waitDaemon(t, client, "after removing "+imageName, func(snaps map[string]snapshotInfo) []string {
+		var problems []string
+		for _, c := range deepImage.ChainIDs() {
+			if _, ok := chainSnapshot(snaps, c); !ok {
+				problems = append(problems, fmt.Sprintf("snapshot for chain ID %s (still used by %s) is gone", c, deepName))
+			}
+		}
+		for _, d := range []digest.Digest{image.Manifest.Digest, image.Config.Digest} {
+			if client.BlobExists(t, d) {
+				problems = append(problems, fmt.Sprintf("blob %s (%s's manifest/config) is still there", d, imageName))
+			}
+		}
+		for _, d := range deepImage.BlobDigests() {
+			if !client.BlobExists(t, d) {
+				problems = append(problems, fmt.Sprintf("blob %s (still used by %s) is gone", d, deepName))
+			}
+		}
+		for name, info := range snaps {
+			if info.Kind.String() != "Committed" {
+				problems = append(problems, fmt.Sprintf("%s snapshot %s of a removed container is still there", info.Kind, name))
+			}
+		}
+		return problems
+	})
+
+	// Remove the other image: nothing of either is left.
+	e.MustCtr("images", "rm", "--sync", deepName)
+	e.waitDaemon(t, client, "after removing both images", func(snaps map[string]snapshotInfo) []string {
+		var problems []string
+		for _, c := range deepImage.ChainIDs() {
+			if info, ok := chainSnapshot(snaps, c); ok {
+				problems = append(problems, fmt.Sprintf("snapshot %s (chain ID %s) is still there", info.Name, c))
+			}
+		}
+		for _, d := range append(image.BlobDigests(), deepImage.BlobDigests()...) {
+			if client.BlobExists(t, d) {
+				problems = append(problems, fmt.Sprintf("blob %s is still there", d))
+			}
+		}
+		for name := range snaps {
+			if strings.HasPrefix(name, "default/") {
+				problems = append(problems, fmt.Sprintf("snapshot %s (containerd namespace default) is still there", name))
+			}
+		}
+		return problems
+	})
+	if out := e.MustCtr("snapshots", "--snapshotter", sn, "ls"); strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("containerd still lists snapshots:\n%s", out)
+	}
+	if out := e.MustCtr("content", "ls", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("containerd still lists content:\n%s", out)
+	}
+}
+
+// waitDaemon polls the daemon until check reports no problems (containerd
+// removes backend objects right after its GC pass), failing after 15 s.
+func (e *Env) waitDaemon(t *testing.T, c *DaemonClient, when string, check func(map[string]snapshotInfo) []string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		snaps := c.Snapshots(t)
+		problems := check(snaps)
+		if len(problems) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, the daemon's state is wrong:\n  %s\ndaemon snapshots:\n%s", when, strings.Join(problems, "\n  "), describeSnapshots(snaps))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

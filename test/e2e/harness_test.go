@@ -1,0 +1,665 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// socketTimeout bounds how long a daemon may take to serve its socket.
+	socketTimeout = 30 * time.Second
+	// stopTimeout is how long a daemon gets between SIGTERM and SIGKILL.
+	stopTimeout = 10 * time.Second
+	// commandTimeout bounds every ctr/nerdctl invocation.
+	commandTimeout = 2 * time.Minute
+	// logTailLines is how much of each daemon log a failing test prints.
+	logTailLines = 150
+)
+
+// proc is a daemon the harness started.
+type proc struct {
+	name    string
+	args    []string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the process has exited
+	err     error         // Wait's result, valid after done
+}
+
+// startProc starts a daemon with its stdout and stderr appended to logPath.
+func startProc(name, logPath string, args ...string) (*proc, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(logf, "\n===== %s: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.Env = cleanEnv()
+	// Own process group, and killed if the test binary dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, args: args, logPath: logPath, cmd: cmd, done: make(chan struct{})}
+	live.Store(cmd.Process.Pid, p)
+	go func() {
+		p.err = cmd.Wait()
+		live.Delete(cmd.Process.Pid)
+		logf.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// live holds the daemons started by startProc that have not been waited
+// for yet; reapOrphans must leave those to exec.Cmd.Wait.
+var live sync.Map
+
+// reapOrphans waits for exited processes that were re-parented to the test
+// binary (TestMain makes it a child subreaper, so that shims and container
+// processes orphaned by a stopped containerd end up here rather than as
+// zombies of an init that may not reap them).
+func reapOrphans() {
+	self := os.Getpid()
+	for _, p := range listProcs() {
+		if p.ppid != self || p.state != "Z" {
+			continue
+		}
+		if _, ok := live.Load(p.pid); ok {
+			continue
+		}
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExit waits up to d for the process to exit on its own.
+func (p *proc) waitExit(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// stop sends SIGTERM and waits up to timeout, then SIGKILLs. It returns how
+// long the process took to exit after SIGTERM, and an error if it had to be
+// killed or exited with a failure status.
+func (p *proc) stop(timeout time.Duration) (time.Duration, error) {
+	if p.exited() {
+		return 0, p.exitError()
+	}
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if p.waitExit(timeout) {
+		return time.Since(start), p.exitError()
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return time.Since(start), fmt.Errorf("%s (pid %d) did not exit within %v of SIGTERM; killed", p.name, p.cmd.Process.Pid, timeout)
+}
+
+func (p *proc) exitError() error {
+	if p.err != nil {
+		return fmt.Errorf("%s (pid %d) exited: %v", p.name, p.cmd.Process.Pid, p.err)
+	}
+	return nil
+}
+
+// waitSocket waits until a unix socket accepts connections, failing early
+// when p exits.
+func waitSocket(p *proc, sock string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("unix", sock, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if p != nil && p.exited() {
+			return fmt.Errorf("%s exited before serving %s: %v", p.name, sock, p.err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not serve %s within %v: %v", p.name, sock, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanEnv is the environment for everything the harness runs: no
+// CONTAINERD_*/NERDCTL_* variables of the caller leak in, and /usr/local/bin
+// (where install-deps.sh puts the tools) is on PATH.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "CONTAINERD_") || strings.HasPrefix(kv, "NERDCTL_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// Env is one cs-snapshotter daemon plus one containerd using it, in a fresh
+// temporary directory. Everything is stopped, unmounted and removed when the
+// test ends; logs are printed if it failed.
+type Env struct {
+	t   testing.TB
+	Dir string
+
+	// cs-snapshotter
+	CSRoot, CSRunRoot, CSSocket, CSLog string
+	// containerd
+	CtrdRoot, CtrdState, CtrdSocket, CtrdConfig, CtrdLog string
+	// nerdctl
+	NerdctlRoot, NerdctlTOML string
+
+	// Snapshotter is the snapshotter name to pass to ctr and nerdctl: "cs",
+	// or "overlayfs" in baseline mode.
+	Snapshotter string
+
+	cs, ctrd *proc
+	seq      int
+	mu       sync.Mutex
+}
+
+// NewEnv starts cs-snapshotter and containerd for one test.
+func NewEnv(t testing.TB) *Env {
+	t.Helper()
+	requireSetup(t)
+	dir, err := os.MkdirTemp(os.Getenv("CS_E2E_TMPDIR"), "cse2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{
+		t:           t,
+		Dir:         dir,
+		CSRoot:      filepath.Join(dir, "cs-root"),
+		CSRunRoot:   filepath.Join(dir, "cs-run"),
+		CSSocket:    filepath.Join(dir, "cs.sock"),
+		CSLog:       filepath.Join(dir, "cs-snapshotter.log"),
+		CtrdRoot:    filepath.Join(dir, "containerd-root"),
+		CtrdState:   filepath.Join(dir, "containerd-state"),
+		CtrdSocket:  filepath.Join(dir, "containerd.sock"),
+		CtrdConfig:  filepath.Join(dir, "containerd.toml"),
+		CtrdLog:     filepath.Join(dir, "containerd.log"),
+		NerdctlRoot: filepath.Join(dir, "nerdctl"),
+		NerdctlTOML: filepath.Join(dir, "nerdctl.toml"),
+		Snapshotter: "cs",
+	}
+	if baseline {
+		e.Snapshotter = "overlayfs"
+	}
+	t.Cleanup(e.cleanup)
+
+	// nerdctl reads /etc/nerdctl/nerdctl.toml unless told otherwise.
+	if err := os.WriteFile(e.NerdctlTOML, []byte("# empty: defaults only\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := ContainerdConfig{Root: e.CtrdRoot, State: e.CtrdState, Address: e.CtrdSocket, CSSocket: e.CSSocket}
+	var text string
+	if baseline {
+		text, err = cfg.renderBaseline()
+	} else {
+		text, err = cfg.Render()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.CtrdConfig, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	if !baseline {
+		e.StartDaemon()
+	}
+	e.startContainerd()
+	return e
+}
+
+// DaemonArgs is the command line that starts cs-snapshotter for this Env.
+func (e *Env) DaemonArgs() []string {
+	return []string{csBin, "serve", "--root", e.CSRoot, "--run-root", e.CSRunRoot, "--address", e.CSSocket, "--log-level", "debug"}
+}
+
+// StartDaemon starts cs-snapshotter and waits for its socket.
+func (e *Env) StartDaemon() {
+	e.t.Helper()
+	if e.cs != nil && !e.cs.exited() {
+		e.t.Fatalf("cs-snapshotter is already running (pid %d)", e.cs.cmd.Process.Pid)
+	}
+	p, err := startProc("cs-snapshotter", e.CSLog, e.DaemonArgs()...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.cs = p
+	start := time.Now()
+	if err := waitSocket(p, e.CSSocket, socketTimeout); err != nil {
+		e.t.Fatalf("cs-snapshotter: %v\n%s", err, tailFile(e.CSLog, 40))
+	}
+	e.t.Logf("cs-snapshotter (pid %d) serving %s after %v", p.cmd.Process.Pid, e.CSSocket, time.Since(start).Round(time.Millisecond))
+}
+
+// StopDaemon stops cs-snapshotter with SIGTERM and fails the test unless it
+// exits successfully within 10 s.
+func (e *Env) StopDaemon() {
+	e.t.Helper()
+	took, err := e.cs.stop(stopTimeout)
+	if err != nil {
+		e.t.Fatalf("stopping cs-snapshotter: %v\n%s", err, tailFile(e.CSLog, 40))
+	}
+	e.t.Logf("cs-snapshotter stopped %v after SIGTERM", took.Round(time.Millisecond))
+}
+
+// StartSecondDaemon starts another cs-snapshotter on this Env's root (with
+// its own socket and run root) and returns it, for tests that expect it to
+// refuse to start.
+func (e *Env) StartSecondDaemon(sock, runRoot, logPath string) *proc {
+	e.t.Helper()
+	p, err := startProc("second cs-snapshotter", logPath, csBin, "serve", "--root", e.CSRoot, "--run-root", runRoot, "--address", sock, "--log-level", "debug")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _, _ = p.stop(stopTimeout) })
+	return p
+}
+
+func (e *Env) startContainerd() {
+	e.t.Helper()
+	p, err := startProc("containerd", e.CtrdLog, "containerd", "--config", e.CtrdConfig, "--log-level", "debug")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.ctrd = p
+	start := time.Now()
+	if err := waitSocket(p, e.CtrdSocket, socketTimeout); err != nil {
+		e.t.Fatalf("containerd: %v\n%s", err, tailFile(e.CtrdLog, 60))
+	}
+	e.t.Logf("containerd (pid %d) serving %s after %v", p.cmd.Process.Pid, e.CtrdSocket, time.Since(start).Round(time.Millisecond))
+	if !baseline {
+		e.checkProxyPlugins()
+	}
+}
+
+// checkProxyPlugins fails unless containerd loaded both proxy plugins and
+// no builtin content store.
+func (e *Env) checkProxyPlugins() {
+	e.t.Helper()
+	out := e.MustCtr("plugins", "ls")
+	status := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 {
+			status[f[0]+"."+f[1]] = f[len(f)-1]
+		}
+	}
+	for _, want := range []string{"io.containerd.snapshotter.v1.cs", "io.containerd.content.v1.cs-content"} {
+		if status[want] != "ok" {
+			e.t.Fatalf("containerd plugin %s has status %q, want ok; ctr plugins ls:\n%s", want, status[want], out)
+		}
+	}
+	if s, ok := status["io.containerd.content.v1.content"]; ok && s == "ok" {
+		e.t.Fatalf("containerd's builtin content store is loaded although disabled; ctr plugins ls:\n%s", out)
+	}
+}
+
+// Result is the outcome of one command.
+type Result struct {
+	Args           []string
+	Stdout, Stderr string
+	Err            error
+	Took           time.Duration
+}
+
+func (r Result) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "$ %s\n", shellJoin(r.Args))
+	if r.Err != nil {
+		fmt.Fprintf(&b, "error: %v (after %v)\n", r.Err, r.Took.Round(time.Millisecond))
+	}
+	fmt.Fprintf(&b, "--- stdout:\n%s", r.Stdout)
+	if r.Stdout != "" && !strings.HasSuffix(r.Stdout, "\n") {
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "--- stderr:\n%s", r.Stderr)
+	return b.String()
+}
+
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"$;&|<>*?()[]{}\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		q[i] = a
+	}
+	return strings.Join(q, " ")
+}
+
+// Run runs a command with the harness environment and a timeout.
+func (e *Env) Run(args ...string) Result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(cleanEnv(), "NERDCTL_TOML="+e.NerdctlTOML)
+	cmd.Dir = e.Dir
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("timed out after %v: %w", commandTimeout, err)
+	}
+	r := Result{Args: args, Stdout: stdout.String(), Stderr: stderr.String(), Err: err, Took: time.Since(start)}
+	e.t.Logf("$ %s  (%v, err=%v)", shellJoin(args), r.Took.Round(time.Millisecond), err)
+	return r
+}
+
+// Ctr runs `ctr --address <containerd> -n default ARGS...`.
+func (e *Env) Ctr(args ...string) Result {
+	e.t.Helper()
+	return e.Run(append([]string{"ctr", "--address", e.CtrdSocket, "-n", "default"}, args...)...)
+}
+
+// Nerdctl runs nerdctl against this Env's containerd, with the snapshotter
+// under test, cgroupfs and a private data root.
+func (e *Env) Nerdctl(args ...string) Result {
+	e.t.Helper()
+	return e.Run(append([]string{"nerdctl", "--address", e.CtrdSocket, "--namespace", "default",
+		"--data-root", e.NerdctlRoot, "--cgroup-manager", "cgroupfs", "--snapshotter", e.Snapshotter}, args...)...)
+}
+
+// Must fails the test (printing the command's output) unless r succeeded;
+// it returns stdout.
+func (e *Env) Must(r Result) string {
+	e.t.Helper()
+	if r.Err != nil {
+		e.t.Fatalf("command failed:\n%s", r)
+	}
+	return r.Stdout
+}
+
+// MustCtr is Must(Ctr(args...)).
+func (e *Env) MustCtr(args ...string) string {
+	e.t.Helper()
+	return e.Must(e.Ctr(args...))
+}
+
+// MustNerdctl is Must(Nerdctl(args...)).
+func (e *Env) MustNerdctl(args ...string) string {
+	e.t.Helper()
+	return e.Must(e.Nerdctl(args...))
+}
+
+// ID returns a container ID unique to this Env (runc keeps state of every
+// containerd on the machine under one directory, so IDs must not collide
+// with other test runs).
+func (e *Env) ID(prefix string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	return fmt.Sprintf("%s-%s-%d", prefix, strings.TrimPrefix(filepath.Base(e.Dir), "cse2e-"), e.seq)
+}
+
+// ImportImage imports an archive with `ctr images import --snapshotter`.
+func (e *Env) ImportImage(archive string) {
+	e.t.Helper()
+	e.MustCtr("images", "import", "--snapshotter", e.Snapshotter, archive)
+}
+
+// DaemonLog returns cs-snapshotter's log so far.
+func (e *Env) DaemonLog() string {
+	b, _ := os.ReadFile(e.CSLog)
+	return string(b)
+}
+
+// cleanup stops everything, unmounts what is left under Dir and removes it.
+func (e *Env) cleanup() {
+	t := e.t
+	if t.Failed() {
+		t.Logf("test failed; environment in %s", e.Dir)
+		if !baseline {
+			t.Logf("cs-snapshotter log (last %d lines of %s):\n%s", logTailLines, e.CSLog, tailFile(e.CSLog, logTailLines))
+		}
+		t.Logf("containerd log (last %d lines of %s):\n%s", logTailLines, e.CtrdLog, tailFile(e.CtrdLog, logTailLines))
+	}
+	if e.ctrd != nil && !e.ctrd.exited() {
+		e.killTasks()
+		if _, err := e.ctrd.stop(stopTimeout); err != nil {
+			t.Logf("cleanup: %v", err)
+		}
+	}
+	e.killShims()
+	reapOrphans()
+	if e.cs != nil && !e.cs.exited() {
+		if _, err := e.cs.stop(stopTimeout); err != nil {
+			t.Errorf("cleanup: stopping cs-snapshotter: %v\n%s", err, tailFile(e.CSLog, 40))
+		}
+	}
+	if err := unmountUnder(e.Dir); err != nil {
+		t.Logf("cleanup: %v", err)
+	}
+	reapOrphans()
+	if os.Getenv("CS_E2E_KEEP") != "" {
+		t.Logf("CS_E2E_KEEP set: leaving %s", e.Dir)
+		return
+	}
+	if err := os.RemoveAll(e.Dir); err != nil {
+		t.Logf("cleanup: %v", err)
+	}
+}
+
+// killTasks kills and deletes every task in every namespace, so that
+// container processes and shims go away with containerd.
+func (e *Env) killTasks() {
+	ctr := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", e.CtrdSocket}, args...)...)
+		cmd.Env = cleanEnv()
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	nss, err := ctr("namespaces", "ls", "-q")
+	if err != nil {
+		return
+	}
+	for _, ns := range strings.Fields(nss) {
+		ids, err := ctr("-n", ns, "tasks", "ls", "-q")
+		if err != nil {
+			continue
+		}
+		for _, id := range strings.Fields(ids) {
+			_, _ = ctr("-n", ns, "tasks", "kill", "-s", "SIGKILL", id)
+			_, _ = ctr("-n", ns, "tasks", "rm", "-f", id)
+		}
+	}
+}
+
+// killShims cleans up after shims of this Env's containerd that outlived
+// it (they have its socket on their command line): it deletes their
+// containers with runc (which kills the container processes), kills what is
+// left of their children, then the shims.
+func (e *Env) killShims() {
+	procs := listProcs()
+	for _, p := range procs {
+		if !strings.Contains(filepath.Base(p.args[0]), "containerd-shim") {
+			continue
+		}
+		ours := false
+		var ns, id string
+		for i, a := range p.args {
+			if a == e.CtrdSocket || strings.HasPrefix(a, e.Dir+"/") {
+				ours = true
+			}
+			if i+1 < len(p.args) {
+				switch a {
+				case "-namespace", "--namespace":
+					ns = p.args[i+1]
+				case "-id", "--id":
+					id = p.args[i+1]
+				}
+			}
+		}
+		if !ours {
+			continue
+		}
+		e.t.Logf("cleanup: killing leftover shim pid %d (namespace %q, id %q)", p.pid, ns, id)
+		if ns != "" && id != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = exec.CommandContext(ctx, "runc", "--root", filepath.Join("/run/containerd/runc", ns), "delete", "--force", id).Run()
+			cancel()
+		}
+		for _, c := range procs {
+			if c.ppid == p.pid {
+				_ = syscall.Kill(c.pid, syscall.SIGKILL)
+			}
+		}
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+}
+
+type procInfo struct {
+	pid, ppid int
+	state     string
+	args      []string
+}
+
+// listProcs returns the processes on the machine (pid, ppid, state and
+// command line), skipping kernel threads and this process.
+func listProcs() []procInfo {
+	var out []procInfo
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		out = append(out, procInfo{pid: pid, ppid: ppid, state: f[0], args: args})
+	}
+	return out
+}
+
+// unmountUnder lazily unmounts every mount point under dir, deepest first.
+func unmountUnder(dir string) error {
+	var errs []error
+	for range 5 {
+		mps, err := mountsUnder(dir)
+		if err != nil {
+			return err
+		}
+		if len(mps) == 0 {
+			return nil
+		}
+		errs = errs[:0]
+		for _, mp := range mps {
+			if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// mountsUnder lists mount points at or below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, sc.Err()
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 etc.) of mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// tailFile returns the last n lines of a file.
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("<%v>", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... (%d earlier lines)", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
