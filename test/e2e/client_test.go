@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -85,6 +86,17 @@ func (c *DaemonClient) BlobExists(t testing.TB, d digest.Digest) bool {
 	}
 	t.Fatalf("content Info(%s) from the daemon: %v", d, err)
 	return false
+}
+
+// ReadBlob reads a whole blob from the daemon.
+func (c *DaemonClient) ReadBlob(d digest.Digest) ([]byte, error) {
+	ctx, cancel := daemonCtx()
+	defer cancel()
+	info, err := c.Content.Info(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return content.ReadBlob(ctx, c.Content, ocispec.Descriptor{Digest: d, Size: info.Size})
 }
 
 // chainSnapshot finds the daemon's snapshot for a chain ID. containerd

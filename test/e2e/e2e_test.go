@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +90,19 @@ func (e *Env) eventually(timeout time.Duration, f func() Result) Result {
 	}
 }
 
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func busyboxSize(t *testing.T) int64 {
+	st, err := os.Stat(imagebuild.DefaultBusybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
 func wantOutput(t *testing.T, what, got, want string) {
 	t.Helper()
 	if got != want {
@@ -120,9 +136,31 @@ func TestCtrImportRun(t *testing.T) {
 		}
 	}
 
+	// containerd sees the image as complete and unpacked in cs.
+	if out := e.MustCtr("images", "check", "--snapshotter", sn, "-q"); !strings.Contains("\n"+out, "\n"+imageName+"\n") {
+		t.Errorf("`ctr images check --snapshotter %s -q` does not report %s as ready:\n%s", sn, imageName, out)
+	}
+	// Usage of the busybox layer counts at least the busybox binary.
+	usage := e.MustCtr("snapshots", "--snapshotter", sn, "usage", "-b", image.Layers[0].ChainID.String())
+	if f := strings.Fields(lastLine(usage)); len(f) < 3 || f[0] != image.Layers[0].ChainID.String() {
+		t.Errorf("unexpected `ctr snapshots usage` output:\n%s", usage)
+	} else if size, err := strconv.ParseInt(f[1], 10, 64); err != nil || size < busyboxSize(t) {
+		t.Errorf("usage of layer 1 is %q bytes, want at least the size of busybox (%d):\n%s", f[1], busyboxSize(t), usage)
+	}
+
 	{
+		client := e.DialDaemon()
+		// The daemon serves the blobs byte for byte.
+		for d, want := range image.Blobs {
+			got, err := client.ReadBlob(d)
+			if err != nil {
+				t.Errorf("reading blob %s from the daemon: %v", d, err)
+			} else if !bytes.Equal(got, want) {
+				t.Errorf("blob %s from the daemon differs from the archive's (%d vs %d bytes)", d, len(got), len(want))
+			}
+		}
 		// The daemon itself holds the chain, under containerd's names.
-		snaps := e.DialDaemon().Snapshots(t)
+		snaps := client.Snapshots(t)
 		for i, c := range image.ChainIDs() {
 			info, ok := chainSnapshot(snaps, c)
 			if !ok {
@@ -235,6 +273,12 @@ func TestDaemonRestart(t *testing.T) {
 			t.Errorf("a second cs-snapshotter on the same root exited with status 0; want a failure\nits log:\n%s", tailFile(second.logPath, 30))
 		} else {
 			t.Logf("second daemon refused as expected (%v):\n%s", second.err, tailFile(second.logPath, 5))
+			if holder := strconv.Itoa(e.cs.cmd.Process.Pid); !strings.Contains(tailFile(second.logPath, 30), holder) {
+				t.Errorf("the second daemon's error should name the holder of the root (pid %s); its log:\n%s", holder, tailFile(second.logPath, 30))
+			}
+		}
+		if _, err := os.Stat(filepath.Join(e.Dir, "cs2.sock")); err == nil {
+			t.Errorf("the refused second daemon left a socket behind")
 		}
 		// The first daemon is unharmed.
 		out := e.MustCtr("run", "--rm", "--snapshotter", sn, imageName, e.ID("still"), "cat", imagebuild.HelloPath)
@@ -246,8 +290,43 @@ func TestDaemonRestart(t *testing.T) {
 	pre := e.ID("pre")
 	e.MustCtr("containers", "create", "--snapshotter", sn, imageName, pre, "sh", "-c", "cat "+imagebuild.HelloPath+"; ls /opt/cs")
 
+	// A running container, across the restart.
+	running := e.ID("running")
+	e.MustNerdctl("run", "-d", "--net", "none", "--name", running, imageName, "sleep", "300")
+
+	// Let containerd's GC remove the temporary views nerdctl and ctr make,
+	// so that the daemon's state is stable before comparing.
+	client := e.DialDaemon()
+	e.waitDaemon(t, client, "before the restart", func(snaps map[string]snapshotInfo) []string {
+		var views []string
+		for name, info := range snaps {
+			if info.Kind.String() == "View" {
+				views = append(views, "temporary view "+name+" still there")
+			}
+		}
+		return views
+	})
+	before := client.Snapshots(t)
+
 	e.StopDaemon()
 	e.StartDaemon()
+
+	// The daemon comes back with the same snapshots.
+	client = e.DialDaemon()
+	after := client.Snapshots(t)
+	if describeSnapshots(before) != describeSnapshots(after) {
+		t.Errorf("the daemon's snapshots changed across the restart\nbefore:\n%s\nafter:\n%s", describeSnapshots(before), describeSnapshots(after))
+	}
+	for name, b := range before {
+		if a, ok := after[name]; ok && !equalLabels(a.Labels, b.Labels) {
+			t.Errorf("snapshot %s labels changed across the restart: %v -> %v", name, b.Labels, a.Labels)
+		}
+	}
+	for _, d := range image.BlobDigests() {
+		if !client.BlobExists(t, d) {
+			t.Errorf("blob %s is gone after the restart", d)
+		}
+	}
 
 	// containerd's proxy client reconnects with a backoff of at most 3 s.
 	r := e.eventually(20*time.Second, func() Result {
@@ -262,6 +341,22 @@ func TestDaemonRestart(t *testing.T) {
 	e.checkChain(image.ChainIDs())
 	out = e.MustNerdctl("run", "--rm", "--net", "none", imageName, "sh", "-c", layerCheckScript)
 	wantOutput(t, "nerdctl after restart", out, layerCheckWant)
+
+	// The container that ran through the restart still works and can be
+	// removed (its active snapshot removed by the restarted daemon).
+	out = e.MustNerdctl("exec", running, "cat", imagebuild.HelloPath)
+	wantOutput(t, "exec in the container running across the restart", out, imagebuild.HelloText)
+	e.MustNerdctl("rm", "-f", running)
+	// containerd removes backend snapshots in its GC pass, just after.
+	e.waitDaemon(t, client, "after removing all containers", func(snaps map[string]snapshotInfo) []string {
+		var problems []string
+		for name, info := range snaps {
+			if info.Kind.String() != "Committed" {
+				problems = append(problems, fmt.Sprintf("%s snapshot %s is left", info.Kind, name))
+			}
+		}
+		return problems
+	})
 
 	// New layers after the restart, and one more restart with them.
 	e.ImportImage(deepArchive)
@@ -371,6 +466,18 @@ func TestGarbageCollection(t *testing.T) {
 	if out := e.MustCtr("content", "ls", "-q"); strings.TrimSpace(out) != "" {
 		t.Errorf("containerd still lists content:\n%s", out)
 	}
+}
+
+func equalLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 // waitDaemon polls the daemon until check reports no problems (containerd
