@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
 	"github.com/opencontainers/go-digest"
 )
@@ -495,5 +499,46 @@ func (e *Env) waitDaemon(t *testing.T, c *DaemonClient, when string, check func(
 			t.Fatalf("%s, the daemon's state is wrong:\n  %s\ndaemon snapshots:\n%s", when, strings.Join(problems, "\n  "), describeSnapshots(snaps))
 		}
 		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// TestEmptyDaemon checks that a daemon holding nothing lists nothing, without
+// errors (containerd's GC walks the backend's snapshots and blobs even when
+// there are none), and that a GC pass over it is clean.
+func TestEmptyDaemon(t *testing.T) {
+	e := NewEnv(t)
+	client := e.DialDaemon()
+	ctx, cancel := daemonCtx()
+	defer cancel()
+	n := 0
+	if err := client.Snapshotter.Walk(ctx, func(context.Context, snapshots.Info) error { n++; return nil }); err != nil {
+		t.Errorf("Walk on an empty daemon: %v", err)
+	} else if n != 0 {
+		t.Errorf("Walk on an empty daemon found %d snapshots", n)
+	}
+	n = 0
+	if err := client.Content.Walk(ctx, func(content.Info) error { n++; return nil }); err != nil {
+		t.Errorf("content Walk on an empty daemon: %v", err)
+	} else if n != 0 {
+		t.Errorf("content Walk on an empty daemon found %d blobs", n)
+	}
+	if st, err := client.Content.ListStatuses(ctx); err != nil {
+		t.Errorf("ListStatuses on an empty daemon: %v", err)
+	} else if len(st) != 0 {
+		t.Errorf("ListStatuses on an empty daemon: %v", st)
+	}
+	if _, err := client.Snapshotter.Stat(ctx, "default/1/nonexistent"); !errdefs.IsNotFound(err) {
+		t.Errorf("Stat of a missing snapshot: got %v, want a NotFound error", err)
+	}
+	if _, err := client.Content.Info(ctx, digest.FromString("nothing")); !errdefs.IsNotFound(err) {
+		t.Errorf("Info of a missing blob: got %v, want a NotFound error", err)
+	}
+
+	// A synchronous GC pass over the empty daemon (checkLogs, at cleanup,
+	// fails the test if containerd logs a GC failure).
+	e.MustCtr("leases", "create", "--id", "cs-e2e-empty")
+	e.MustCtr("leases", "rm", "--sync", "cs-e2e-empty")
+	if out := e.MustCtr("snapshots", "--snapshotter", e.Snapshotter, "ls"); strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("containerd lists snapshots on an empty daemon:\n%s", out)
 	}
 }

@@ -188,9 +188,21 @@ type Env struct {
 	Snapshotter string
 
 	cs, ctrd *proc
-	seq      int
-	mu       sync.Mutex
+	// csStopped is set while the harness itself stopped cs-snapshotter.
+	csStopped bool
+	// daemonDown are the times the harness had cs-snapshotter stopped (plus
+	// a reconnection grace period); containerd may legitimately log
+	// errors about it then.
+	daemonDown []window
+	seq        int
+	mu         sync.Mutex
 }
+
+type window struct{ from, to time.Time }
+
+// reconnectGrace is how long after a daemon restart containerd may still
+// report failures from its proxy connection (its backoff is at most 3 s).
+const reconnectGrace = 5 * time.Second
 
 // NewEnv starts cs-snapshotter and containerd for one test.
 func NewEnv(t testing.TB) *Env {
@@ -262,6 +274,10 @@ func (e *Env) StartDaemon() {
 		e.t.Fatal(err)
 	}
 	e.cs = p
+	e.csStopped = false
+	if n := len(e.daemonDown); n > 0 && e.daemonDown[n-1].to.IsZero() {
+		defer func() { e.daemonDown[n-1].to = time.Now().Add(reconnectGrace) }()
+	}
 	start := time.Now()
 	if err := waitSocket(p, e.CSSocket, socketTimeout); err != nil {
 		e.t.Fatalf("cs-snapshotter: %v\n%s", err, tailFile(e.CSLog, 40))
@@ -273,6 +289,8 @@ func (e *Env) StartDaemon() {
 // exits successfully within 10 s.
 func (e *Env) StopDaemon() {
 	e.t.Helper()
+	e.csStopped = true
+	e.daemonDown = append(e.daemonDown, window{from: time.Now()})
 	took, err := e.cs.stop(stopTimeout)
 	if err != nil {
 		e.t.Fatalf("stopping cs-snapshotter: %v\n%s", err, tailFile(e.CSLog, 40))
@@ -447,6 +465,13 @@ func (e *Env) DaemonLog() string {
 // cleanup stops everything, unmounts what is left under Dir and removes it.
 func (e *Env) cleanup() {
 	t := e.t
+	if e.cs != nil && e.cs.exited() && !e.csStopped {
+		t.Errorf("cs-snapshotter exited during the test: %v", e.cs.exitError())
+	}
+	if e.ctrd != nil && e.ctrd.exited() {
+		t.Errorf("containerd exited during the test: %v", e.ctrd.exitError())
+	}
+	e.checkLogs()
 	if t.Failed() {
 		t.Logf("test failed; environment in %s", e.Dir)
 		if !baseline {
@@ -478,6 +503,74 @@ func (e *Env) cleanup() {
 	if err := os.RemoveAll(e.Dir); err != nil {
 		t.Logf("cleanup: %v", err)
 	}
+}
+
+// containerdLogProblems are containerd log messages that mean the proxy
+// snapshotter or content store misbehaved (mostly from containerd's
+// core/metadata: GC and backend bookkeeping).
+var containerdLogProblems = []string{
+	"snapshot garbage collection failed",
+	"content garbage collection failed",
+	"failed to remove snapshot",
+	"failed to cleanup unreferenced snapshot",
+	"uncommittable snapshot",
+	"transaction failed after",
+}
+
+// daemonLogProblems are signs of a crash in cs-snapshotter's log.
+var daemonLogProblems = []string{"panic:", "fatal error:", "WARNING: DATA RACE"}
+
+// checkLogs fails the test for containerd log lines that show the daemon
+// misbehaving (outside the windows where the harness had stopped it) and
+// for crashes in the daemon's log.
+func (e *Env) checkLogs() {
+	if b, err := os.ReadFile(e.CtrdLog); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, p := range containerdLogProblems {
+				if strings.Contains(line, p) && !e.inDaemonDown(line) {
+					e.t.Errorf("containerd logged a problem with cs-snapshotter: %s", line)
+					break
+				}
+			}
+		}
+	}
+	if baseline {
+		return
+	}
+	if b, err := os.ReadFile(e.CSLog); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, p := range daemonLogProblems {
+				if strings.Contains(line, p) {
+					e.t.Errorf("cs-snapshotter log shows a crash: %s", line)
+					break
+				}
+			}
+		}
+	}
+}
+
+// inDaemonDown reports whether a logrus line's time="..." falls in one of
+// the windows the harness had the daemon stopped.
+func (e *Env) inDaemonDown(line string) bool {
+	i := strings.Index(line, `time="`)
+	if i < 0 {
+		return false
+	}
+	rest := line[i+len(`time="`):]
+	j := strings.IndexByte(rest, '"')
+	if j < 0 {
+		return false
+	}
+	ts, err := time.Parse(time.RFC3339Nano, rest[:j])
+	if err != nil {
+		return false
+	}
+	for _, w := range e.daemonDown {
+		if !ts.Before(w.from) && (w.to.IsZero() || ts.Before(w.to)) {
+			return true
+		}
+	}
+	return false
 }
 
 // killTasks kills and deletes every task in every namespace, so that
