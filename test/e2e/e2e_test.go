@@ -177,6 +177,26 @@ func TestCtrImportRun(t *testing.T) {
 		}
 	}
 
+	t.Run("parallel", func(t *testing.T) {
+		// Several containers at once: concurrent Prepare, Mounts and
+		// Remove on the same parent.
+		const n = 6
+		results := make(chan Result, n)
+		for i := range n {
+			id := e.ID("par")
+			go func() {
+				results <- e.Ctr("run", "--rm", "--snapshotter", sn, imageName, id, "sh", "-c",
+					fmt.Sprintf("echo %d > /tmp/n && cat /tmp/n %s", i, imagebuild.HelloPath))
+			}()
+		}
+		for range n {
+			r := <-results
+			if r.Err != nil || !strings.HasSuffix(r.Stdout, "\n"+imagebuild.HelloText) {
+				t.Errorf("parallel run: %s", r)
+			}
+		}
+	})
+
 	t.Run("deep", func(t *testing.T) {
 		// 6 layers; the first 3 are the same as the image's, so containerd
 		// reuses those snapshots and stacks 3 more.
@@ -371,6 +391,23 @@ func TestDaemonRestart(t *testing.T) {
 	})
 	wantOutput(t, "deep image after second restart", e.Must(r), fmt.Sprintf("added by layer %d\n", deepDepth))
 	e.checkChain(deepImage.ChainIDs())
+
+	t.Run("crash", func(t *testing.T) {
+		// SIGKILL (no graceful shutdown) with a container's active snapshot
+		// in place; the next start must recover the database and the lock.
+		cid := e.ID("crash")
+		e.MustCtr("containers", "create", "--snapshotter", sn, deepName, cid, "cat", imagebuild.HelloPath)
+		e.KillDaemon()
+		e.StartDaemon()
+		r := e.eventually(20*time.Second, func() Result {
+			return e.Ctr("run", "--rm", "--snapshotter", sn, imageName, e.ID("postcrash"), "sh", "-c", layerCheckScript)
+		})
+		wantOutput(t, "after a crash", e.Must(r), layerCheckWant)
+		out := e.MustCtr("tasks", "start", cid)
+		wantOutput(t, "container created before the crash", out, imagebuild.HelloText)
+		e.MustCtr("containers", "rm", cid)
+		e.checkChain(deepImage.ChainIDs())
+	})
 }
 
 // TestGarbageCollection removes images and containers and checks, on the

@@ -298,6 +298,16 @@ func (e *Env) StopDaemon() {
 	e.t.Logf("cs-snapshotter stopped %v after SIGTERM", took.Round(time.Millisecond))
 }
 
+// KillDaemon kills cs-snapshotter with SIGKILL, as a crash would.
+func (e *Env) KillDaemon() {
+	e.t.Helper()
+	e.csStopped = true
+	e.daemonDown = append(e.daemonDown, window{from: time.Now()})
+	_ = e.cs.cmd.Process.Kill()
+	<-e.cs.done
+	e.t.Logf("cs-snapshotter killed (SIGKILL)")
+}
+
 // StartSecondDaemon starts another cs-snapshotter on this Env's root (with
 // its own socket and run root) and returns it, for tests that expect it to
 // refuse to start.
