@@ -1,8 +1,8 @@
 // Package e2e holds cs-snapshotter's end-to-end tests: a real
 // `cs-snapshotter serve`, a real containerd v2 using it as its `cs`
 // snapshotter and its content store (proxy plugins), and ctr, nerdctl and
-// runc driving them. See harness_test.go for the harness and README.md in
-// this directory for how to run them.
+// runc driving them. See harness_test.go for the harness and test/README.md
+// for how to run them.
 package e2e
 
 import (
