@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,20 +13,23 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // layerCheckScript prints what the image's layers 2 and 3 did, and checks
 // the container's writable layer.
 const layerCheckScript = `cat /etc/cs-layer2.txt
 if [ -e /etc/cs-remove-me.txt ]; then echo remove-me present; else echo remove-me deleted; fi
+if [ -e /var/cs-gone ]; then echo dir present; else echo dir deleted; fi
 ls /opt/cs
 echo written > /tmp/w && cat /tmp/w`
 
-const layerCheckWant = imagebuild.Layer2Text + "remove-me deleted\nb.txt\nwritten\n"
+const layerCheckWant = imagebuild.Layer2Text + "remove-me deleted\ndir deleted\nb.txt\nwritten\n"
 
 // ctrSnapshot is one line of `ctr snapshots ls`.
 type ctrSnapshot struct{ Key, Parent, Kind string }
@@ -577,5 +581,89 @@ func TestEmptyDaemon(t *testing.T) {
 	e.MustCtr("leases", "rm", "--sync", "cs-e2e-empty")
 	if out := e.MustCtr("snapshots", "--snapshotter", e.Snapshotter, "ls"); strings.Count(strings.TrimSpace(out), "\n") != 0 {
 		t.Errorf("containerd lists snapshots on an empty daemon:\n%s", out)
+	}
+}
+
+// TestFileFidelity imports an image whose layers hold ownership, special
+// modes, a hard link, a fifo, a device node, a long name, an xattr and a
+// 24 MiB incompressible file, and checks them in a container and on a view
+// mounted from the daemon's mounts.
+func TestFileFidelity(t *testing.T) {
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	e.ImportImage(fidelityArchive)
+
+	var script, want strings.Builder
+	for _, f := range imagebuild.FidelityFiles() {
+		fmt.Fprintf(&script, "stat -c '%%n|%%u|%%g|%%a|%%h|%%F' '%s'\n", f.Path)
+		fmt.Fprintf(&want, "%s|%s\n", f.Path, f.Stat)
+	}
+	script.WriteString("readlink " + imagebuild.FidelityDir + "/etclink\n")
+	want.WriteString("/etc\n")
+	script.WriteString("cat " + imagebuild.FidelityDir + "/" + imagebuild.LongName + "\n")
+	want.WriteString("long\n")
+	script.WriteString("stat -c '%Y' " + imagebuild.FidelityDir + "/owned\n")
+	fmt.Fprintf(&want, "%d\n", imagebuild.Epoch.Unix())
+	script.WriteString("sha256sum " + imagebuild.BigFilePath + "\n")
+	fmt.Fprintf(&want, "%s  %s\n", digest.FromBytes(imagebuild.BigFileData(bigFileSize)).Encoded(), imagebuild.BigFilePath)
+
+	out := e.MustCtr("run", "--rm", "--snapshotter", sn, fidelityName, e.ID("fidelity"), "sh", "-c", script.String())
+	if out != want.String() {
+		t.Errorf("file attributes in the container differ\n got:\n%s\nwant:\n%s", out, want.String())
+	}
+
+	// The blob made it through the content store intact.
+	client := e.DialDaemon()
+	top := fidelityImage.Layers[len(fidelityImage.Layers)-1]
+	if got, err := client.ReadBlob(top.Descriptor.Digest); err != nil || digest.FromBytes(got) != top.Descriptor.Digest {
+		t.Errorf("reading the %d-byte big-file layer back from the daemon: %v", top.Descriptor.Size, err)
+	}
+
+	// xattrs and device numbers, checked on the host through a view of the
+	// top layer made directly on the daemon.
+	snaps := client.Snapshots(t)
+	parent, ok := chainSnapshot(snaps, fidelityImage.Layers[1].ChainID)
+	if !ok {
+		t.Fatalf("the daemon holds no snapshot for the fidelity layer; it has:\n%s", describeSnapshots(snaps))
+	}
+	ctx, cancel := daemonCtx()
+	defer cancel()
+	key := "default/e2e-fidelity-view-" + e.ID("v")
+	mounts, err := client.Snapshotter.View(ctx, key, parent.Name)
+	if err != nil {
+		t.Fatalf("View(%s, %s) on the daemon: %v", key, parent.Name, err)
+	}
+	defer func() {
+		if err := client.Snapshotter.Remove(ctx, key); err != nil {
+			t.Errorf("removing view %s: %v", key, err)
+		}
+	}()
+	target := filepath.Join(e.Dir, "fidelity-view")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatalf("mounting the daemon's view mounts %+v: %v", mounts, err)
+	}
+	defer func() {
+		if err := mount.UnmountAll(target, 0); err != nil {
+			t.Errorf("unmount %s: %v", target, err)
+		}
+	}()
+	buf := make([]byte, 256)
+	n, err := unix.Lgetxattr(filepath.Join(target, imagebuild.FidelityDir, "xattr"), imagebuild.XattrName, buf)
+	if err != nil || string(buf[:n]) != imagebuild.XattrValue {
+		t.Errorf("xattr %s on %s/xattr: %q, %v; want %q", imagebuild.XattrName, imagebuild.FidelityDir, buf[:max(n, 0)], err, imagebuild.XattrValue)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(target, imagebuild.FidelityDir, "null"), &st); err != nil ||
+		st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != 1 || unix.Minor(st.Rdev) != 3 {
+		t.Errorf("%s/null should be character device 1,3: mode %o rdev %d:%d, %v", imagebuild.FidelityDir, st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev), err)
+	}
+	if _, err := os.Lstat(filepath.Join(target, imagebuild.BigFilePath)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the view of layer 2 should not contain layer 3's %s: %v", imagebuild.BigFilePath, err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "x"), nil, 0o644); err == nil {
+		t.Errorf("a view must be read-only, but writing to it worked")
 	}
 }

@@ -32,12 +32,18 @@ var (
 	// A 6-layer image sharing its first 3 layers with image.
 	deepArchive string
 	deepImage   *imagebuild.Result
+	// Busybox plus the fidelity layer and a big-file layer.
+	fidelityArchive string
+	fidelityImage   *imagebuild.Result
 )
 
 const (
 	imageName = "docker.io/library/cs-busybox:latest"
 	deepName  = "docker.io/library/cs-busybox-deep:latest"
 	deepDepth = 6
+
+	fidelityName = "docker.io/library/cs-fidelity:latest"
+	bigFileSize  = 24<<20 + 12345
 )
 
 // requiredTools are what scripts/install-deps.sh installs.
@@ -97,6 +103,10 @@ func setup(work string) error {
 		return fmt.Errorf("building the deep test image: %w", err)
 	}
 	deepArchive = filepath.Join(work, "cs-busybox-deep.tar")
+	fidelityArchive = filepath.Join(work, "cs-fidelity.tar")
+	if fidelityImage, err = imagebuild.BuildFile(fidelityArchive, imagebuild.Options{Name: fidelityName, Layers: 1, Fidelity: true, BigFileSize: bigFileSize}); err != nil {
+		return fmt.Errorf("building the fidelity test image: %w", err)
+	}
 
 	if baseline {
 		return nil

@@ -11,12 +11,18 @@
 // Layer contents, for Layers = 3 (the default):
 //
 //	layer 1  /bin/busybox, /bin/<applet> -> busybox, /etc/cs-hello.txt,
-//	         /etc/cs-remove-me.txt, /etc/passwd, /etc/group, empty /tmp,
-//	         /root, /proc, /sys, /dev, /var
+//	         /etc/cs-remove-me.txt, /var/cs-gone/{f,sub/g}, /etc/passwd,
+//	         /etc/group, empty /tmp, /root, /proc, /sys, /dev, /var
 //	layer 2  /etc/cs-layer2.txt, /opt/cs/a.txt
-//	layer 3  whiteout /etc/.wh.cs-remove-me.txt, opaque /opt/cs
-//	         (/opt/cs/.wh..wh..opq) plus /opt/cs/b.txt
+//	layer 3  whiteouts /etc/.wh.cs-remove-me.txt and /var/.wh.cs-gone (a
+//	         directory), opaque /opt/cs (/opt/cs/.wh..wh..opq) plus
+//	         /opt/cs/b.txt
 //	layer N  (N > 3) /etc/cs-layerN.txt
+//
+// Optional extra layers on top: a "fidelity" layer (Options.Fidelity, see
+// FidelityEntries) with ownership, special modes, hard links, a fifo, a
+// device node, a long name and an xattr under /opt/fid; and a layer with one
+// big pseudo-random file (Options.BigFileSize) at BigFilePath.
 package imagebuild
 
 import (
@@ -29,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
@@ -58,9 +65,17 @@ const (
 	Layer2Text = "added by layer 2\n"
 	// RemovedPath exists in layer 1 and is deleted by a whiteout in layer 3.
 	RemovedPath = "/etc/cs-remove-me.txt"
+	// RemovedDir is a directory (with a file and a subdirectory) in layer 1
+	// that layer 3 deletes with a single whiteout.
+	RemovedDir = "/var/cs-gone"
 	// OpaqueDir holds a.txt (layer 2); layer 3 makes it opaque and adds b.txt,
 	// so in the final image it holds only b.txt.
 	OpaqueDir = "/opt/cs"
+
+	// FidelityDir holds the fidelity layer's files.
+	FidelityDir = "/opt/fid"
+	// BigFilePath is the file of the big-file layer.
+	BigFilePath = "/opt/big.bin"
 
 	// AnnotationImageName is containerd's annotation for the full image name.
 	AnnotationImageName = "io.containerd.image.name"
@@ -98,6 +113,11 @@ type Options struct {
 	// Architecture of the image config; default runtime.GOARCH (busybox is
 	// taken from this machine).
 	Architecture string
+	// Fidelity adds a layer with FidelityEntries on top.
+	Fidelity bool
+	// BigFileSize, if positive, adds a top layer holding BigFilePath with
+	// that many deterministic pseudo-random bytes (BigFileData).
+	BigFileSize int
 }
 
 // Layer describes one built layer.
@@ -204,11 +224,14 @@ func RefName(name string) string {
 
 // entry is a file to put into a layer tar.
 type entry struct {
-	name     string // without leading slash; dirs without trailing slash
-	typ      byte
-	mode     int64
-	data     []byte
-	linkname string
+	name         string // without leading slash; dirs without trailing slash
+	typ          byte
+	mode         int64
+	data         []byte
+	linkname     string
+	uid, gid     int
+	major, minor int64
+	xattrs       map[string]string
 }
 
 func dir(name string) entry { return entry{name: name, typ: tar.TypeDir, mode: 0o755} }
@@ -240,6 +263,10 @@ func layerEntries(n int, o *Options, busybox []byte) ([]entry, string) {
 			file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")),
 			file(rel(HelloPath), 0o644, []byte(o.Hello)),
 			file(rel(RemovedPath), 0o644, []byte("layer 3 deletes this file\n")),
+			dir(rel(RemovedDir)),
+			file(rel(RemovedDir)+"/f", 0o644, []byte("f\n")),
+			dir(rel(RemovedDir)+"/sub"),
+			file(rel(RemovedDir)+"/sub/g", 0o644, []byte("g\n")),
 		)
 		return es, "busybox, applets and " + HelloPath
 	case 2:
@@ -254,9 +281,10 @@ func layerEntries(n int, o *Options, busybox []byte) ([]entry, string) {
 			dir("etc"),
 			whiteout(rel(RemovedPath)),
 			dir("opt"), dir(rel(OpaqueDir)),
+			dir("var"), whiteout(rel(RemovedDir)),
 			file(rel(OpaqueDir)+"/.wh..wh..opq", 0o644, nil),
 			file(rel(OpaqueDir)+"/b.txt", 0o644, []byte("b\n")),
-		}, "delete " + RemovedPath + ", make " + OpaqueDir + " opaque, add b.txt"
+		}, "delete " + RemovedPath + " and " + RemovedDir + ", make " + OpaqueDir + " opaque, add b.txt"
 	default:
 		p := fmt.Sprintf("/etc/cs-layer%d.txt", n)
 		return []entry{
@@ -264,6 +292,72 @@ func layerEntries(n int, o *Options, busybox []byte) ([]entry, string) {
 			file(rel(p), 0o644, fmt.Appendf(nil, "added by layer %d\n", n)),
 		}, "add " + p
 	}
+}
+
+// FidelityFile describes one entry of the fidelity layer as `stat -c
+// '%n|%u|%g|%a|%h|%F'` (busybox) prints it inside a container.
+type FidelityFile struct {
+	Path string
+	Stat string // expected stat output, without %n
+}
+
+// LongName is the base name of the fidelity layer's long-named file (longer
+// than the 100 bytes a plain tar header holds).
+var LongName = strings.Repeat("long-name-", 15) + "end"
+
+// XattrName and XattrValue are set on FidelityDir/xattr.
+const (
+	XattrName  = "user.cs-snapshotter"
+	XattrValue = "xattr value"
+)
+
+// fidelityEntries is the fidelity layer.
+func fidelityEntries() []entry {
+	d := strings.TrimPrefix(FidelityDir, "/")
+	return []entry{
+		dir("opt"), dir(d),
+		{name: d + "/owned", typ: tar.TypeReg, mode: 0o640, uid: 1000, gid: 2000, data: []byte("owned\n")},
+		{name: d + "/hardlink", typ: tar.TypeLink, mode: 0o640, uid: 1000, gid: 2000, linkname: d + "/owned"},
+		{name: d + "/setuid", typ: tar.TypeReg, mode: 0o4755, data: []byte("#!/bin/sh\n")},
+		{name: d + "/sticky", typ: tar.TypeDir, mode: 0o1777},
+		{name: d + "/empty", typ: tar.TypeReg, mode: 0o600},
+		{name: d + "/etclink", typ: tar.TypeSymlink, mode: 0o777, linkname: "/etc"},
+		{name: d + "/fifo", typ: tar.TypeFifo, mode: 0o600},
+		{name: d + "/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
+		{name: d + "/" + LongName, typ: tar.TypeReg, mode: 0o644, data: []byte("long\n")},
+		{name: d + "/xattr", typ: tar.TypeReg, mode: 0o644, data: []byte("x\n"), xattrs: map[string]string{XattrName: XattrValue}},
+		{name: d + "/deep/a/b/c/d", typ: tar.TypeDir, mode: 0o700, uid: 7, gid: 8},
+	}
+}
+
+// FidelityFiles returns what the fidelity layer's entries look like in a
+// container (busybox `stat -c '%u|%g|%a|%h|%F'`).
+func FidelityFiles() []FidelityFile {
+	d := FidelityDir
+	return []FidelityFile{
+		{d + "/owned", "1000|2000|640|2|regular file"},
+		{d + "/hardlink", "1000|2000|640|2|regular file"},
+		{d + "/setuid", "0|0|4755|1|regular file"},
+		{d + "/sticky", "0|0|1777|2|directory"},
+		{d + "/empty", "0|0|600|1|regular empty file"},
+		{d + "/etclink", "0|0|777|1|symbolic link"},
+		{d + "/fifo", "0|0|600|1|fifo"},
+		{d + "/null", "0|0|666|1|character special file"},
+		{d + "/" + LongName, "0|0|644|1|regular file"},
+		{d + "/xattr", "0|0|644|1|regular file"},
+		{d + "/deep/a/b/c/d", "7|8|700|2|directory"},
+	}
+}
+
+// BigFileData returns the content of BigFilePath for a size: deterministic
+// pseudo-random (incompressible) bytes.
+func BigFileData(size int) []byte {
+	b := make([]byte, size)
+	var seed [32]byte
+	copy(seed[:], "cs-snapshotter imagebuild bigfile")
+	r := rand.NewChaCha8(seed)
+	_, _ = r.Read(b)
+	return b
 }
 
 // LayerFile returns the path of the marker file layer n (n >= 2) adds, or ""
@@ -299,6 +393,19 @@ func writeTar(w io.Writer, es []entry) error {
 		}
 		if e.typ == tar.TypeReg {
 			hdr.Size = int64(len(e.data))
+		}
+		hdr.Uid, hdr.Gid = e.uid, e.gid
+		hdr.Devmajor, hdr.Devminor = e.major, e.minor
+		if len(e.xattrs) > 0 || len(hdr.Name) > 100 {
+			// Long names and xattrs need PAX records; archive/tar writes
+			// them sorted, so this stays deterministic.
+			hdr.Format = tar.FormatPAX
+			for k, v := range e.xattrs {
+				if hdr.PAXRecords == nil {
+					hdr.PAXRecords = map[string]string{}
+				}
+				hdr.PAXRecords["SCHILY.xattr."+k] = v
+			}
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return fmt.Errorf("tar header %s: %w", e.name, err)
@@ -356,8 +463,25 @@ func Build(w io.Writer, opts Options) (*Result, error) {
 	res := &Result{Name: opts.Name, RefName: RefName(opts.Name), Blobs: map[digest.Digest][]byte{}}
 	var history []ocispec.History
 	var diffIDs []digest.Digest
+	type layerSpec struct {
+		entries []entry
+		comment string
+	}
+	var layerSpecs []layerSpec
 	for n := 1; n <= opts.Layers; n++ {
 		es, comment := layerEntries(n, &opts, busybox)
+		layerSpecs = append(layerSpecs, layerSpec{es, comment})
+	}
+	if opts.Fidelity {
+		layerSpecs = append(layerSpecs, layerSpec{fidelityEntries(), "fidelity: ownership, modes, links, fifo, device, long name, xattr under " + FidelityDir})
+	}
+	if opts.BigFileSize > 0 {
+		layerSpecs = append(layerSpecs, layerSpec{[]entry{dir("opt"), file(strings.TrimPrefix(BigFilePath, "/"), 0o644, BigFileData(opts.BigFileSize))},
+			fmt.Sprintf("add %s (%d pseudo-random bytes)", BigFilePath, opts.BigFileSize)})
+	}
+	for i, spec := range layerSpecs {
+		n := i + 1
+		es, comment := spec.entries, spec.comment
 		blob, diffID, err := buildLayer(es)
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", n, err)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 func requireBusybox(t *testing.T) {
@@ -254,6 +256,9 @@ func TestArchiveStructure(t *testing.T) {
 	if _, ok := layers[2]["etc/.wh.cs-remove-me.txt"]; !ok {
 		t.Errorf("layer 3 lacks the whiteout; has %v", keys(layers[2]))
 	}
+	if _, ok := layers[2]["var/.wh.cs-gone"]; !ok {
+		t.Errorf("layer 3 lacks the directory whiteout; has %v", keys(layers[2]))
+	}
 	if _, ok := layers[2]["opt/cs/.wh..wh..opq"]; !ok {
 		t.Errorf("layer 3 lacks the opaque marker; has %v", keys(layers[2]))
 	}
@@ -376,6 +381,9 @@ func TestContainerdImport(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(rootfs, RemovedPath)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s should be deleted by the whiteout, Lstat: %v", RemovedPath, err)
 	}
+	if _, err := os.Lstat(filepath.Join(rootfs, RemovedDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s should be deleted by the whiteout, Lstat: %v", RemovedDir, err)
+	}
 	ents, err := os.ReadDir(filepath.Join(rootfs, OpaqueDir))
 	if err != nil || len(ents) != 1 || ents[0].Name() != "b.txt" {
 		t.Errorf("%s should hold only b.txt: %v %v", OpaqueDir, ents, err)
@@ -411,4 +419,130 @@ func TestBuildFile(t *testing.T) {
 	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(p), ".imagebuild-*")); len(m) != 0 {
 		t.Errorf("temporary files left: %v", m)
 	}
+}
+
+// applyImage imports an archive with containerd's importer and applies its
+// layers in order into a new directory, which it returns.
+func applyImage(t *testing.T, b []byte) string {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	cs, err := local.NewStore(filepath.Join(dir, "content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idxDesc, err := archive.ImportIndex(ctx, cs, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := content.ReadBlob(ctx, cs, idxDesc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var index ocispec.Index
+	if err := json.Unmarshal(idx, &index); err != nil {
+		t.Fatal(err)
+	}
+	mf, err := images.Manifest(ctx, cs, index.Manifests[0], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range mf.Layers {
+		ra, err := cs.ReaderAt(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dr, err := compression.DecompressStream(content.NewReader(ra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := applyLayer(ctx, rootfs, dr); err != nil {
+			t.Fatalf("apply layer %d: %v", i+1, err)
+		}
+		dr.Close()
+		ra.Close()
+	}
+	return rootfs
+}
+
+// statLine formats a file like busybox `stat -c '%u|%g|%a|%h|%F'`.
+func statLine(t *testing.T, p string) string {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return "<" + err.Error() + ">"
+	}
+	var kind string
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		kind = "regular file"
+		if st.Size == 0 {
+			kind = "regular empty file"
+		}
+	case unix.S_IFDIR:
+		kind = "directory"
+	case unix.S_IFLNK:
+		kind = "symbolic link"
+	case unix.S_IFIFO:
+		kind = "fifo"
+	case unix.S_IFCHR:
+		kind = "character special file"
+	default:
+		kind = fmt.Sprintf("mode %o", st.Mode)
+	}
+	return fmt.Sprintf("%d|%d|%o|%d|%s", st.Uid, st.Gid, st.Mode&0o7777, st.Nlink, kind)
+}
+
+func TestFidelityAndBigFile(t *testing.T) {
+	requireBusybox(t)
+	const big = 3<<20 + 17
+	b, res := build(t, Options{Layers: 1, Fidelity: true, BigFileSize: big})
+	if len(res.Layers) != 3 {
+		t.Fatalf("%d layers, want 1 + fidelity + big file", len(res.Layers))
+	}
+	// Deterministic, incompressible.
+	if b2, _ := build(t, Options{Layers: 1, Fidelity: true, BigFileSize: big}); !bytes.Equal(b, b2) {
+		t.Fatal("not deterministic")
+	}
+	if res.Layers[2].Descriptor.Size < big {
+		t.Errorf("big-file layer is %d bytes compressed; the data should not compress", res.Layers[2].Descriptor.Size)
+	}
+	rootfs := applyImage(t, b)
+	for _, f := range FidelityFiles() {
+		if got := statLine(t, filepath.Join(rootfs, f.Path)); got != f.Stat {
+			t.Errorf("%s: %s, want %s", f.Path, got, f.Stat)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(rootfs, FidelityDir, "etclink")); err != nil || target != "/etc" {
+		t.Errorf("etclink -> %q %v", target, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(rootfs, FidelityDir, "null"), &st); err != nil || unix.Major(uint64(st.Rdev)) != 1 || unix.Minor(uint64(st.Rdev)) != 3 {
+		t.Errorf("null device: %v rdev %d", err, st.Rdev)
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(filepath.Join(rootfs, FidelityDir, "xattr"), XattrName, buf)
+	if err != nil || string(buf[:n]) != XattrValue {
+		t.Errorf("xattr %s = %q, %v", XattrName, buf[:max(n, 0)], err)
+	}
+	data, err := os.ReadFile(filepath.Join(rootfs, BigFilePath))
+	if err != nil || !bytes.Equal(data, BigFileData(big)) {
+		t.Errorf("big file: %d bytes, %v", len(data), err)
+	}
+	if mt := statMtime(t, filepath.Join(rootfs, FidelityDir, "owned")); mt != Epoch.Unix() {
+		t.Errorf("mtime %d, want %d", mt, Epoch.Unix())
+	}
+}
+
+func statMtime(t *testing.T, p string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Mtim.Sec
 }

@@ -2,7 +2,7 @@
 // test/imagebuild) as an OCI image-layout archive for `ctr images import`
 // or `nerdctl load`.
 //
-//	mkimage -o out.tar -name docker.io/library/cs-busybox:latest [-layers 3]
+//	mkimage -o out.tar -name docker.io/library/cs-busybox:latest [-layers 3] [-fidelity] [-bigfile BYTES] [-v]
 package main
 
 import (
@@ -19,6 +19,8 @@ func main() {
 	layers := flag.Int("layers", 3, "number of layers (1: busybox and files; 2: adds a file; 3: whiteout and opaque dir; more: a file each)")
 	busybox := flag.String("busybox", imagebuild.DefaultBusybox, "statically linked busybox to copy into the image")
 	hello := flag.String("hello", imagebuild.HelloText, "content of "+imagebuild.HelloPath)
+	fidelity := flag.Bool("fidelity", false, "add a layer with ownership, special modes, links, a fifo, a device node, a long name and an xattr under "+imagebuild.FidelityDir)
+	bigFile := flag.Int("bigfile", 0, "add a layer with a pseudo-random file of this many `bytes` at "+imagebuild.BigFilePath)
 	verbose := flag.Bool("v", false, "print digests of the image's blobs and chain IDs to stderr")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s -o out.tar [-name REF] [-layers N]\n", os.Args[0])
@@ -29,7 +31,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	opts := imagebuild.Options{Name: *name, Layers: *layers, Busybox: *busybox, Hello: *hello}
+	opts := imagebuild.Options{Name: *name, Layers: *layers, Busybox: *busybox, Hello: *hello, Fidelity: *fidelity, BigFileSize: *bigFile}
 	var (
 		res *imagebuild.Result
 		err error
