@@ -667,3 +667,141 @@ func TestFileFidelity(t *testing.T) {
 		t.Errorf("a view must be read-only, but writing to it worked")
 	}
 }
+
+// TestSnapshotLifecycle drives the snapshotter through containerd's
+// snapshot API with `ctr snapshots`: prepare, write through the daemon's
+// mounts, usage, labels (only containerd.io/snapshot/* reach the daemon),
+// commit, a child, removal order, and GC.
+func TestSnapshotLifecycle(t *testing.T) {
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	ctrSn := func(args ...string) string {
+		t.Helper()
+		return e.MustCtr(append([]string{"snapshots", "--snapshotter", sn}, args...)...)
+	}
+	client := e.DialDaemon()
+	backend := func(key string) snapshots.Info {
+		t.Helper()
+		snaps := client.Snapshots(t)
+		for name, info := range snaps {
+			if name == key || strings.HasSuffix(name, "/"+key) {
+				return info
+			}
+		}
+		t.Fatalf("the daemon holds no snapshot for key %q; it has:\n%s", key, describeSnapshots(snaps))
+		return snapshots.Info{}
+	}
+	withMount := func(key string, f func(root string)) {
+		t.Helper()
+		ctx, cancel := daemonCtx()
+		defer cancel()
+		mounts, err := client.Snapshotter.Mounts(ctx, backend(key).Name)
+		if err != nil {
+			t.Fatalf("Mounts(%s): %v", key, err)
+		}
+		target, err := os.MkdirTemp(e.Dir, "mnt-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mount.All(mounts, target); err != nil {
+			t.Fatalf("mount %+v: %v", mounts, err)
+		}
+		defer func() {
+			if err := mount.UnmountAll(target, 0); err != nil {
+				t.Errorf("unmount: %v", err)
+			}
+		}()
+		f(target)
+	}
+
+	const (
+		base  = "e2e-base"
+		layer = "e2e-layer"
+		child = "e2e-child"
+	)
+	ctrSn("prepare", base)
+	ctrSn("label", base, "containerd.io/gc.root=e2e")       // keep it from containerd's GC
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	withMount(base, func(root string) {
+		if err := os.WriteFile(filepath.Join(root, "data.bin"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(root, "dir/sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	})
+	usage := ctrSn("usage", "-b", base)
+	if f := strings.Fields(lastLine(usage)); len(f) < 3 {
+		t.Errorf("usage output:\n%s", usage)
+	} else if n, err := strconv.ParseInt(f[1], 10, 64); err != nil || n < int64(len(data)) {
+		t.Errorf("usage of an active snapshot holding %d bytes: %s", len(data), lastLine(usage))
+	}
+
+	// Labels: containerd keeps all of them, the daemon sees only
+	// containerd.io/snapshot/*.
+	ctrSn("label", base, "containerd.io/snapshot/cs-e2e=inherited", "other/e2e=containerd-only")
+	info := ctrSn("info", base)
+	for _, want := range []string{`"containerd.io/snapshot/cs-e2e": "inherited"`, `"other/e2e": "containerd-only"`} {
+		if !strings.Contains(info, want) {
+			t.Errorf("`ctr snapshots info %s` lacks %s:\n%s", base, want, info)
+		}
+	}
+	if b := backend(base); !baseline {
+		if b.Labels["containerd.io/snapshot/cs-e2e"] != "inherited" {
+			t.Errorf("the daemon did not get the containerd.io/snapshot/ label: %v", b.Labels)
+		}
+		if _, ok := b.Labels["other/e2e"]; ok {
+			t.Errorf("the daemon got a label containerd keeps to itself: %v", b.Labels)
+		}
+	}
+
+	ctrSn("commit", layer, base)
+	ctrSn("label", layer, "containerd.io/gc.root=e2e")
+	if b := backend(layer); b.Kind.String() != "Committed" {
+		t.Errorf("%s is %s after commit", layer, b.Kind)
+	}
+	ctrSn("prepare", child, layer)
+	ctrSn("label", child, "containerd.io/gc.root=e2e")
+	withMount(child, func(root string) {
+		got, err := os.ReadFile(filepath.Join(root, "data.bin"))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("the child does not see its parent's data.bin (%d bytes, %v)", len(got), err)
+		}
+		if err := os.Remove(filepath.Join(root, "data.bin")); err != nil {
+			t.Errorf("removing a lower file in the child: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "dir/sub")); err != nil {
+			t.Errorf("child: %v", err)
+		}
+	})
+	withMount(child, func(root string) {
+		if _, err := os.Stat(filepath.Join(root, "data.bin")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a file removed in the child came back after remounting: %v", err)
+		}
+	})
+	if ps := e.CtrSnapshots()[child]; ps.Parent != layer || ps.Kind != "Active" {
+		t.Errorf("`ctr snapshots ls` shows %s as %+v", child, ps)
+	}
+
+	// A parent with a child cannot be removed.
+	if r := e.Ctr("snapshots", "--snapshotter", sn, "rm", layer); r.Err == nil {
+		t.Errorf("removing %s while %s depends on it should fail:\n%s", layer, child, r)
+	} else if !strings.Contains(r.Stderr, "failed precondition") && !strings.Contains(r.Stderr, "FailedPrecondition") && !strings.Contains(r.Stderr, "has active") && !strings.Contains(r.Stderr, "children") {
+		t.Logf("(removing a parent failed with: %s)", strings.TrimSpace(r.Stderr))
+	}
+	ctrSn("rm", child)
+	ctrSn("rm", layer)
+	e.MustCtr("leases", "create", "--id", "e2e-gc")
+	e.MustCtr("leases", "rm", "--sync", "e2e-gc")
+	e.waitDaemon(t, client, "after removing the snapshots", func(snaps map[string]snapshotInfo) []string {
+		var problems []string
+		for name := range snaps {
+			for _, k := range []string{base, layer, child} {
+				if name == k || strings.HasSuffix(name, "/"+k) {
+					problems = append(problems, "snapshot "+name+" is still there")
+				}
+			}
+		}
+		return problems
+	})
+}
