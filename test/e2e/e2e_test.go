@@ -805,3 +805,39 @@ func TestSnapshotLifecycle(t *testing.T) {
 		return problems
 	})
 }
+
+// TestParallelImportAndSave imports several images at once (two of them the
+// same archive, so blobs and layers race), then round-trips one through
+// `nerdctl save` (reading every blob back from the daemon) and `nerdctl
+// load`.
+func TestParallelImportAndSave(t *testing.T) {
+	e := NewEnv(t)
+	sn := e.Snapshotter
+	archives := []string{imageArchive, imageArchive, deepArchive, fidelityArchive}
+	results := make(chan Result, len(archives))
+	for _, a := range archives {
+		go func() { results <- e.Ctr("images", "import", "--snapshotter", sn, a) }()
+	}
+	for range archives {
+		if r := <-results; r.Err != nil {
+			t.Errorf("parallel import failed:\n%s", r)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	e.checkChain(deepImage.ChainIDs())
+	e.checkChain(fidelityImage.ChainIDs())
+	out := e.MustCtr("run", "--rm", "--snapshotter", sn, deepName, e.ID("deep"), "cat", imagebuild.LayerFile(deepDepth))
+	wantOutput(t, "deep image", out, fmt.Sprintf("added by layer %d\n", deepDepth))
+
+	saved := filepath.Join(e.Dir, "saved.tar")
+	e.MustNerdctl("save", "-o", saved, imageName)
+	e.MustNerdctl("rmi", imageName)
+	e.MustNerdctl("load", "-i", saved)
+	out = e.MustNerdctl("run", "--rm", "--net", "none", imageName, "sh", "-c", layerCheckScript)
+	wantOutput(t, "after save and load", out, layerCheckWant)
+	if got := strings.TrimSpace(e.MustCtr("images", "ls", "-q")); !strings.Contains(got, imageName) {
+		t.Errorf("%s missing after load: %s", imageName, got)
+	}
+}
