@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -86,7 +87,12 @@ func Parse(data []byte, c *Config) error {
 	if err := dec.Decode(c); err != nil {
 		var strict *toml.StrictMissingError
 		if errors.As(err, &strict) {
-			return fmt.Errorf("unknown key(s):\n%s", strict.String())
+			var keys []string
+			for _, e := range strict.Errors {
+				row, _ := e.Position()
+				keys = append(keys, fmt.Sprintf("%q (line %d)", strings.Join(e.Key(), "."), row))
+			}
+			return fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
 		}
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {

@@ -1,0 +1,96 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDefaults(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Address(), "/run/cs-snapshotter/cs-snapshotter.sock"; got != want {
+		t.Errorf("address %q, want %q", got, want)
+	}
+	if m, _ := c.GRPC.FileMode(); m != 0o600 {
+		t.Errorf("mode %o, want 600", m)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.toml")
+	c, err := Load(missing, false)
+	if err != nil {
+		t.Fatalf("absent default file: %v", err)
+	}
+	if c.Root != DefaultRoot {
+		t.Errorf("root %q", c.Root)
+	}
+	if _, err := Load(missing, true); err == nil {
+		t.Error("a file the user named must exist")
+	}
+}
+
+// TestExampleIsDefault keeps config.toml.example honest: it parses, and
+// every value it sets is the default.
+func TestExampleIsDefault(t *testing.T) {
+	data, err := os.ReadFile("../config.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := Parse(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.Root != d.Root || c.RunRoot != d.RunRoot || c.LogLevel != d.LogLevel || c.GRPC != d.GRPC ||
+		len(c.Snapshotter.MountOptions) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove {
+		t.Errorf("example differs from defaults:\n%+v\n%+v", c, d)
+	}
+}
+
+func TestParse(t *testing.T) {
+	c := Default()
+	err := Parse([]byte(`
+root = "/srv/cs"
+[grpc]
+address = "/srv/cs.sock"
+gid = 42
+mode = "0660"
+[snapshotter]
+mount_options = ["volatile"]
+async_remove = true
+`), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != "/srv/cs" || c.Address() != "/srv/cs.sock" || c.GRPC.GID != 42 || c.GRPC.UID != -1 ||
+		c.Snapshotter.MountOptions[0] != "volatile" || !c.Snapshotter.AsyncRemove || c.RunRoot != DefaultRunRoot {
+		t.Errorf("parsed %+v", c)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"[grpc]\nadress = \"/x\"\n", `unknown key "grpc.adress" (line 2)`},
+		{"rooot = \"/x\"\n", `unknown key "rooot" (line 1)`},
+		{"root = 3\n", "line 1"},
+		{"root = \"relative\"\n", `root must be an absolute path, got "relative"`},
+		{"[grpc]\nmode = \"rw\"\n", `grpc.mode must be octal`},
+		{"[grpc]\nmode = \"01777\"\n", `grpc.mode must be octal`},
+		{"[grpc]\naddress = \"x.sock\"\n", `grpc.address must be an absolute path`},
+		{"root = \n", "line 1"},
+	} {
+		c := Default()
+		err := Parse([]byte(tc.doc), &c)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.doc, err, tc.want)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error spans lines: %q", tc.doc, err)
+		}
+	}
+}
