@@ -9,7 +9,6 @@ import (
 	"os"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/opencontainers/go-digest"
 
@@ -38,7 +37,7 @@ func New(root string, db *metadata.DB) (*Store, error) {
 // Update changes the labels of a blob, rejecting labels over containerd's
 // size limit.
 func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
-	if err := validateLabels(info.Labels); err != nil {
+	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return content.Info{}, fmt.Errorf("update content %s: %w", info.Digest, err)
 	}
 	return s.Store.Update(ctx, info, fieldpaths...)
@@ -77,17 +76,8 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 			return err
 		}
 	}
-	if err := validateLabels(info.Labels); err != nil {
+	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return fmt.Errorf("commit content %s: %w", expected, err)
 	}
 	return w.Writer.Commit(ctx, size, expected, opts...)
-}
-
-func validateLabels(l map[string]string) error {
-	for k, v := range l {
-		if err := labels.Validate(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
@@ -102,6 +103,17 @@ func putLabels(parent *bolt.Bucket, dgst digest.Digest, labels map[string]string
 	}
 	if k, _ := b.Cursor().First(); k == nil {
 		return parent.DeleteBucket([]byte(dgst))
+	}
+	return nil
+}
+
+// ValidateLabels applies containerd's size limit to every label, answering
+// InvalidArgument for the first one over it.
+func ValidateLabels(l map[string]string) error {
+	for k, v := range l {
+		if err := labels.Validate(k, v); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -26,7 +26,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
-	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -88,7 +87,7 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 
 // Update changes the labels of a snapshot.
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (updated snapshots.Info, err error) {
-	if err := validateLabels(info.Labels); err != nil {
+	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
 	}
 	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
@@ -363,14 +362,5 @@ func validateOpts(opts []snapshots.Opt) error {
 			return err
 		}
 	}
-	return validateLabels(info.Labels)
-}
-
-func validateLabels(l map[string]string) error {
-	for k, v := range l {
-		if err := labels.Validate(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
+	return metadata.ValidateLabels(info.Labels)
 }

@@ -1,0 +1,85 @@
+package contentstore_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func newTestStore(t *testing.T) content.Store {
+	t.Helper()
+	_, cs, closeFn, err := newStore(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeFn() })
+	return cs
+}
+
+func write(t *testing.T, cs content.Store, data string, labels map[string]string) digest.Digest {
+	t.Helper()
+	d := digest.FromString(data)
+	err := content.WriteBlob(context.Background(), cs, "ref-"+data, strings.NewReader(data),
+		ocispec.Descriptor{Digest: d, Size: int64(len(data))}, content.WithLabels(labels))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestDeleteDropsLabels: a blob written again after Delete starts bare.
+func TestDeleteDropsLabels(t *testing.T) {
+	cs := newTestStore(t)
+	ctx := context.Background()
+	d := write(t, cs, "hello", map[string]string{"owner": "me"})
+	if err := cs.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Info(ctx, d); !errdefs.IsNotFound(err) {
+		t.Fatalf("info after delete: %v", err)
+	}
+	write(t, cs, "hello", nil)
+	info, err := cs.Info(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Labels) != 0 {
+		t.Errorf("re-ingested blob inherited labels %v", info.Labels)
+	}
+}
+
+// TestLabelLimit: labels over containerd's limit are refused with
+// InvalidArgument and nothing changes.
+func TestLabelLimit(t *testing.T) {
+	cs := newTestStore(t)
+	ctx := context.Background()
+	big := map[string]string{"big": strings.Repeat("x", 4097)}
+	d := write(t, cs, "kept", map[string]string{"owner": "me"})
+
+	_, err := cs.Update(ctx, content.Info{Digest: d, Labels: big}, "labels.big")
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), d.String()) {
+		t.Errorf("update with a huge label: %v", err)
+	}
+	info, err := cs.Info(ctx, d)
+	if err != nil || info.Labels["owner"] != "me" || len(info.Labels) != 1 {
+		t.Errorf("blob changed by a refused update: %+v %v", info, err)
+	}
+
+	data := "refused"
+	err = content.WriteBlob(ctx, cs, "ref-refused", strings.NewReader(data),
+		ocispec.Descriptor{Digest: digest.FromString(data), Size: int64(len(data))}, content.WithLabels(big))
+	if !errdefs.IsInvalidArgument(err) {
+		t.Errorf("commit with a huge label: %v", err)
+	}
+	if _, err := cs.Info(ctx, digest.FromString(data)); !errdefs.IsNotFound(err) {
+		t.Errorf("refused blob was stored: %v", err)
+	}
+	if _, err := cs.Info(ctx, d); err != nil {
+		t.Errorf("other blob lost: %v", err)
+	}
+}
