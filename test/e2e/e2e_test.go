@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -453,6 +454,12 @@ func TestGarbageCollection(t *testing.T) {
 		}
 	}
 
+	if !baseline {
+		if copies, _ := diskState(t, e.CSRoot); len(copies) == 0 {
+			t.Fatalf("before GC: no copy of busybox under %s; the disk check below would prove nothing", e.CSRoot)
+		}
+	}
+
 	e.MustCtr("containers", "rm", created)
 	e.MustNerdctl("rm", nerd)
 
@@ -510,6 +517,74 @@ func TestGarbageCollection(t *testing.T) {
 	}
 	if out := e.MustCtr("content", "ls", "-q"); strings.TrimSpace(out) != "" {
 		t.Errorf("containerd still lists content:\n%s", out)
+	}
+
+	// And the data is gone from disk, not just from the records: no copy
+	// of busybox (from the layers, blobs or snapshot directories) is left
+	// under the daemon's root, and little besides its database.
+	if !baseline {
+		e.waitDiskFreed(t, e.CSRoot)
+	}
+}
+
+// diskState returns the paths under root holding busybox's content and the
+// total size of files other than *.db databases.
+func diskState(t *testing.T, root string) (copies []string, total int64) {
+	t.Helper()
+	bb, err := os.ReadFile(imagebuild.DefaultBusybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !strings.HasSuffix(p, ".db") {
+			total += info.Size()
+		}
+		if info.Size() == int64(len(bb)) {
+			if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, bb) {
+				copies = append(copies, p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walking %s: %v", root, err)
+	}
+	return copies, total
+}
+
+// waitDiskFreed waits (up to 15 s) until root holds no file with busybox's
+// content and at most 1 MiB in files other than *.db databases.
+func (e *Env) waitDiskFreed(t *testing.T, root string) {
+	t.Helper()
+	const limit = 1 << 20
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var problems []string
+		copies, total := diskState(t, root)
+		for _, c := range copies {
+			problems = append(problems, "a copy of busybox is left at "+c)
+		}
+		if total > limit {
+			problems = append(problems, fmt.Sprintf("%d bytes in files other than databases are left under %s (limit %d)", total, root, limit))
+		}
+		if len(problems) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			out, _ := exec.Command("find", root, "-type", "f", "-size", "+16k", "-printf", "%s %p\n").Output()
+			t.Fatalf("after removing everything:\n  %s\nlarge files:\n%s", strings.Join(problems, "\n  "), out)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }
 

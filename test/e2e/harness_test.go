@@ -177,7 +177,7 @@ type Env struct {
 	Dir string
 
 	// cs-snapshotter
-	CSRoot, CSRunRoot, CSSocket, CSLog string
+	CSRoot, CSRunRoot, CSSocket, CSLog, CSConfig string
 	// containerd
 	CtrdRoot, CtrdState, CtrdSocket, CtrdConfig, CtrdLog string
 	// nerdctl
@@ -219,6 +219,7 @@ func NewEnv(t testing.TB) *Env {
 		CSRunRoot:   filepath.Join(dir, "cs-run"),
 		CSSocket:    filepath.Join(dir, "cs.sock"),
 		CSLog:       filepath.Join(dir, "cs-snapshotter.log"),
+		CSConfig:    filepath.Join(dir, "cs-snapshotter.toml"),
 		CtrdRoot:    filepath.Join(dir, "containerd-root"),
 		CtrdState:   filepath.Join(dir, "containerd-state"),
 		CtrdSocket:  filepath.Join(dir, "containerd.sock"),
@@ -235,6 +236,17 @@ func NewEnv(t testing.TB) *Env {
 
 	// nerdctl reads /etc/nerdctl/nerdctl.toml unless told otherwise.
 	if err := os.WriteFile(e.NerdctlTOML, []byte("# empty: defaults only\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon gets its own config file so that /etc/cs-snapshotter/
+	// config.toml does not leak in: the defaults, or CS_E2E_DAEMON_CONFIG.
+	daemonCfg := []byte("# cs-snapshotter e2e: defaults\n")
+	if p := os.Getenv("CS_E2E_DAEMON_CONFIG"); p != "" {
+		if daemonCfg, err = os.ReadFile(p); err != nil {
+			t.Fatalf("CS_E2E_DAEMON_CONFIG: %v", err)
+		}
+	}
+	if err := os.WriteFile(e.CSConfig, daemonCfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := ContainerdConfig{Root: e.CtrdRoot, State: e.CtrdState, Address: e.CtrdSocket, CSSocket: e.CSSocket}
@@ -260,7 +272,7 @@ func NewEnv(t testing.TB) *Env {
 
 // DaemonArgs is the command line that starts cs-snapshotter for this Env.
 func (e *Env) DaemonArgs() []string {
-	return []string{csBin, "serve", "--root", e.CSRoot, "--run-root", e.CSRunRoot, "--address", e.CSSocket, "--log-level", "debug"}
+	return []string{csBin, "serve", "--config", e.CSConfig, "--root", e.CSRoot, "--run-root", e.CSRunRoot, "--address", e.CSSocket, "--log-level", "debug"}
 }
 
 // StartDaemon starts cs-snapshotter and waits for its socket.
@@ -313,7 +325,7 @@ func (e *Env) KillDaemon() {
 // refuse to start.
 func (e *Env) StartSecondDaemon(sock, runRoot, logPath string) *proc {
 	e.t.Helper()
-	p, err := startProc("second cs-snapshotter", logPath, csBin, "serve", "--root", e.CSRoot, "--run-root", runRoot, "--address", sock, "--log-level", "debug")
+	p, err := startProc("second cs-snapshotter", logPath, csBin, "serve", "--config", e.CSConfig, "--root", e.CSRoot, "--run-root", runRoot, "--address", sock, "--log-level", "debug")
 	if err != nil {
 		e.t.Fatal(err)
 	}
