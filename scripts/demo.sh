@@ -153,6 +153,7 @@ sed -e "s|{{.Root}}|$DIR/containerd-root|g" \
     -e "s|{{.State}}|$DIR/containerd-state|g" \
     -e "s|{{.Address}}|$CTRD_SOCK|g" \
     -e "s|{{.CSSocket}}|$CS_SOCK|g" \
+    -e "s|{{.CSRoot}}|$DIR/cs-root|g" \
     -e "s|{{.Platform}}|linux/$(go env GOARCH)|g" \
     test/e2e/testdata/containerd.toml.tmpl >"$DIR/containerd.toml"
 if grep -q '{{' "$DIR/containerd.toml"; then die "unfilled placeholder in $DIR/containerd.toml"; fi

@@ -25,6 +25,7 @@ type ContainerdConfig struct {
 	State    string // containerd's state directory
 	Address  string // containerd's gRPC socket
 	CSSocket string // cs-snapshotter's socket (snapshots and content)
+	CSRoot   string // cs-snapshotter's root directory (exported to the CRI)
 	Platform string // unpack platform, e.g. linux/amd64; default the host's
 }
 
@@ -37,7 +38,7 @@ func (c ContainerdConfig) Render() (string, error) {
 	if c.Platform == "" {
 		c.Platform = DefaultPlatform()
 	}
-	for name, v := range map[string]string{"Root": c.Root, "State": c.State, "Address": c.Address, "CSSocket": c.CSSocket} {
+	for name, v := range map[string]string{"Root": c.Root, "State": c.State, "Address": c.Address, "CSSocket": c.CSSocket, "CSRoot": c.CSRoot} {
 		if v == "" {
 			return "", fmt.Errorf("containerd config: %s is empty", name)
 		}

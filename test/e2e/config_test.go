@@ -20,6 +20,7 @@ func TestContainerdConfig(t *testing.T) {
 		State:    "/x/containerd-state",
 		Address:  "/x/containerd.sock",
 		CSSocket: "/x/cs.sock",
+		CSRoot:   "/x/cs-root",
 		Platform: "linux/amd64",
 	}
 	text, err := in.Render()
@@ -41,7 +42,7 @@ func TestContainerdConfig(t *testing.T) {
 		t.Errorf("disabled_plugins = %v", cfg.DisabledPlugins)
 	}
 	want := map[string]srvconfig.ProxyPlugin{
-		"cs":         {Type: "snapshot", Address: in.CSSocket},
+		"cs":         {Type: "snapshot", Address: in.CSSocket, Exports: map[string]string{"root": in.CSRoot}},
 		"cs-content": {Type: "content", Address: in.CSSocket},
 	}
 	if !reflect.DeepEqual(cfg.ProxyPlugins, want) {
@@ -60,12 +61,15 @@ func TestContainerdConfig(t *testing.T) {
 	if uc["platform"] != "linux/amd64" || uc["snapshotter"] != "cs" {
 		t.Errorf("unpack_config[0] = %v", uc)
 	}
+	if images, ok := cfg.Plugins["io.containerd.cri.v1.images"].(map[string]any); !ok || images["snapshotter"] != "cs" {
+		t.Errorf("cri images config = %#v", cfg.Plugins["io.containerd.cri.v1.images"])
+	}
 	cri, ok := cfg.Plugins["io.containerd.cri.v1.runtime"].(map[string]any)
 	if !ok || cri["restrict_oom_score_adj"] != true {
 		t.Errorf("cri runtime config = %#v", cfg.Plugins["io.containerd.cri.v1.runtime"])
 	}
 
-	if _, err := (ContainerdConfig{Root: `/a"b`, State: "/s", Address: "/a", CSSocket: "/c"}).Render(); err == nil {
+	if _, err := (ContainerdConfig{Root: `/a"b`, State: "/s", Address: "/a", CSSocket: "/c", CSRoot: "/r"}).Render(); err == nil {
 		t.Error("a path with a quote should be rejected")
 	}
 	if _, err := (ContainerdConfig{Root: "/r"}).Render(); err == nil || !strings.Contains(err.Error(), "empty") {

@@ -145,6 +145,17 @@ func TestCtrImportRun(t *testing.T) {
 		}
 	}
 
+	// The CRI, if it loaded, reports the daemon's root as the image file
+	// system (the `exports = { root = ... }` of the proxy plugin).
+	if b, err := os.ReadFile(e.CtrdLog); err == nil && !baseline {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "Get image filesystem path") && strings.Contains(line, `snapshotter \"cs\"`) &&
+				!strings.Contains(line, `\"`+e.CSRoot+`\"`) {
+				t.Errorf("the CRI's image file system for cs is not the daemon's root %s: %s", e.CSRoot, line)
+			}
+		}
+	}
+
 	// containerd sees the image as complete and unpacked in cs.
 	if out := e.MustCtr("images", "check", "--snapshotter", sn, "-q"); !strings.Contains("\n"+out, "\n"+imageName+"\n") {
 		t.Errorf("`ctr images check --snapshotter %s -q` does not report %s as ready:\n%s", sn, imageName, out)

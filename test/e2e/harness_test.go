@@ -249,7 +249,7 @@ func NewEnv(t testing.TB) *Env {
 	if err := os.WriteFile(e.CSConfig, daemonCfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := ContainerdConfig{Root: e.CtrdRoot, State: e.CtrdState, Address: e.CtrdSocket, CSSocket: e.CSSocket}
+	cfg := ContainerdConfig{Root: e.CtrdRoot, State: e.CtrdState, Address: e.CtrdSocket, CSSocket: e.CSSocket, CSRoot: e.CSRoot}
 	var text string
 	if baseline {
 		text, err = cfg.renderBaseline()
