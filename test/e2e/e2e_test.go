@@ -630,8 +630,12 @@ func (e *Env) waitDaemon(t *testing.T, c *DaemonClient, when string, check func(
 }
 
 // TestEmptyDaemon checks that a daemon holding nothing lists nothing, without
-// errors (containerd's GC walks the backend's snapshots and blobs even when
-// there are none), and that a GC pass over it is clean.
+// errors, and that a GC pass over it is clean. Clients walk a fresh daemon:
+// the store face (listing layers and images of an empty store), `ctr` on the
+// daemon's socket. (containerd's builtin overlayfs snapshotter and local
+// content store answer Walk on a fresh root with NotFound, but containerd
+// itself only walks a backend after removing something from it, so it
+// never notices.)
 func TestEmptyDaemon(t *testing.T) {
 	e := NewEnv(t)
 	client := e.DialDaemon()
