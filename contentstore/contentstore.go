@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
@@ -23,7 +24,9 @@ type Store struct {
 
 // New returns a content store keeping blobs under root.
 func New(root string, db *metadata.DB) (*Store, error) {
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	// The local store's Walk fails on a missing blobs directory; an empty
+	// store must list as empty.
+	if err := os.MkdirAll(filepath.Join(root, "blobs"), 0o700); err != nil {
 		return nil, fmt.Errorf("create content root: %w", err)
 	}
 	ls := db.ContentLabels()

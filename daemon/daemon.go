@@ -104,6 +104,8 @@ func (d *Daemon) NewServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+		grpc.UnaryInterceptor(logUnary),
+		grpc.StreamInterceptor(logStream),
 	)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn)})
 	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -132,5 +133,34 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("commit after bad input: %v", err)
 			}
 		})
+	}
+}
+
+// TestEmptyStoreLists: a fresh daemon walks no snapshots and no blobs, with
+// no error, in-process and over the socket.
+func TestEmptyStoreLists(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	s, err := serve(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	for name, sn := range map[string]snapshots.Snapshotter{"inproc": s.d.Snapshotter(), "socket": s.client.Snapshotter} {
+		if got := inventory(ctx, t, sn); len(got) != 0 {
+			t.Errorf("%s: fresh store lists %v", name, got)
+		}
+		if err := sn.Walk(ctx, func(context.Context, snapshots.Info) error { return nil }, `labels."a"==b`); err != nil {
+			t.Errorf("%s: filtered walk of a fresh store: %v", name, err)
+		}
+	}
+	for name, cs := range map[string]content.Store{"inproc": s.d.Content(), "socket": s.client.Content} {
+		n := 0
+		if err := cs.Walk(ctx, func(content.Info) error { n++; return nil }); err != nil || n != 0 {
+			t.Errorf("%s: content walk of a fresh store: %d blobs, %v", name, n, err)
+		}
+		if st, err := cs.ListStatuses(ctx); err != nil || len(st) != 0 {
+			t.Errorf("%s: statuses of a fresh store: %v %v", name, st, err)
+		}
 	}
 }

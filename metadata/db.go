@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	bolt "go.etcd.io/bbolt"
 )
@@ -59,8 +61,10 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		if err != nil {
 			return err
 		}
-		_, err = b.CreateBucketIfNotExists(bucketLabels)
-		return err
+		if _, err = b.CreateBucketIfNotExists(bucketLabels); err != nil {
+			return err
+		}
+		return initSnapshotBuckets(ctx)
 	}); err != nil {
 		ms.Close()
 		if errors.Is(err, bolt.ErrTimeout) {
@@ -111,4 +115,23 @@ func (db *DB) with(ctx context.Context, writable bool, fn TxFunc) (err error) {
 // Close closes the database file.
 func (db *DB) Close() error {
 	return db.ms.Close()
+}
+
+// initSnapshotBuckets makes the storage package's buckets exist: it creates
+// them only with the first snapshot and until then answers every lookup
+// with "bucket does not exist", which would make an empty store's Walk fail
+// and its errors confusing. Creating and removing a placeholder snapshot in
+// one transaction leaves exactly the empty buckets.
+func initSnapshotBuckets(ctx context.Context) error {
+	if _, err := storage.IDMap(ctx); !errdefs.IsNotFound(err) {
+		return err
+	}
+	const placeholder = "cs-snapshotter.init"
+	if _, err := storage.CreateSnapshot(ctx, snapshots.KindActive, placeholder, ""); err != nil {
+		return fmt.Errorf("initialize snapshot records: %w", err)
+	}
+	if _, _, err := storage.Remove(ctx, placeholder); err != nil {
+		return fmt.Errorf("initialize snapshot records: %w", err)
+	}
+	return nil
 }

@@ -16,7 +16,6 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -208,7 +207,7 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	// temporary directory only exists inside its own write transaction.
 	if err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
 		ids, err := storage.IDMap(ctx)
-		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		if err != nil {
 			return err
 		}
 		live := make(map[string]bool, len(ids))
