@@ -64,6 +64,9 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		if _, err = b.CreateBucketIfNotExists(bucketLabels); err != nil {
 			return err
 		}
+		if _, err := tx.CreateBucketIfNotExists(bucketNames); err != nil {
+			return err
+		}
 		return initSnapshotBuckets(ctx)
 	}); err != nil {
 		ms.Close()

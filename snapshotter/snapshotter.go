@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/log"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
@@ -89,9 +90,18 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
 	}
-	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
-		updated, err = storage.UpdateInfo(ctx, info, fieldpaths...)
-		return err
+	err = s.db.Update(ctx, func(ctx context.Context, tx *bolt.Tx) error {
+		_, old, _, err := storage.GetInfo(ctx, info.Name)
+		if err != nil {
+			return err
+		}
+		if updated, err = storage.UpdateInfo(ctx, info, fieldpaths...); err != nil {
+			return err
+		}
+		if err := releaseNames(tx, info.Name, old.Labels); err != nil {
+			return err
+		}
+		return claimNames(tx, info.Name, updated.Labels)
 	})
 	if err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
@@ -147,10 +157,11 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 
 // Commit turns the active snapshot key into the committed snapshot name.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
-	if err := validateOpts(opts); err != nil {
+	base, err := applyOpts(opts)
+	if err != nil {
 		return fmt.Errorf("commit %q as %q: %w", key, name, err)
 	}
-	err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+	err = s.db.Update(ctx, func(ctx context.Context, tx *bolt.Tx) error {
 		id, info, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
 			return err
@@ -162,8 +173,15 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if err != nil {
 			return err
 		}
-		_, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...)
-		return err
+		if _, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...); err != nil {
+			return err
+		}
+		// Commit replaces the labels: the active's names go, the new ones
+		// belong to the committed snapshot.
+		if err := releaseNames(tx, key, info.Labels); err != nil {
+			return err
+		}
+		return claimNames(tx, name, base.Labels)
 	})
 	if err != nil {
 		return fmt.Errorf("commit %q as %q: %w", key, name, err)
@@ -174,9 +192,18 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 // Remove deletes the snapshot key, which must have no children.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	var id string
-	if err := s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
-		id, _, err = storage.Remove(ctx, key)
-		return err
+	if err := s.db.Update(ctx, func(ctx context.Context, tx *bolt.Tx) error {
+		_, info, _, err := storage.GetInfo(ctx, key)
+		if err != nil {
+			return err
+		}
+		if info.Labels[cslabels.Owned] != "" {
+			return fmt.Errorf("%s: %w", cslabels.OwnedError(key), errdefs.ErrFailedPrecondition)
+		}
+		if id, _, err = storage.Remove(ctx, key); err != nil {
+			return err
+		}
+		return releaseNames(tx, key, info.Labels)
 	}); err != nil {
 		return fmt.Errorf("remove snapshot %q: %w", key, err)
 	}
@@ -242,7 +269,8 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 func (s *Snapshotter) Close() error { return nil }
 
 func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (mounts []mount.Mount, err error) {
-	if err := validateOpts(opts); err != nil {
+	base, err := applyOpts(opts)
+	if err != nil {
 		return nil, fmt.Errorf("create snapshot %q: %w", key, err)
 	}
 	var (
@@ -262,7 +290,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			}
 		}
 	}()
-	err = s.db.Update(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
+	err = s.db.Update(ctx, func(ctx context.Context, tx *bolt.Tx) (err error) {
 		// Directories are made inside the transaction so Cleanup, which lists
 		// under a write transaction too, never sees them half made.
 		tmp, err = os.MkdirTemp(filepath.Join(s.root, "snapshots"), "new-")
@@ -278,6 +306,9 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 		// A snapshot that cannot be mounted is not made.
 		if mounts, err = s.mounts(snap); err != nil {
+			return err
+		}
+		if err := claimNames(tx, key, base.Labels); err != nil {
 			return err
 		}
 		if len(snap.ParentIDs) > 0 {
@@ -354,12 +385,13 @@ func chownLike(path, like string) error {
 	return os.Lchown(path, int(sys.Uid), int(sys.Gid))
 }
 
-func validateOpts(opts []snapshots.Opt) error {
+// applyOpts returns what opts set, with its labels checked.
+func applyOpts(opts []snapshots.Opt) (snapshots.Info, error) {
 	var info snapshots.Info
 	for _, opt := range opts {
 		if err := opt(&info); err != nil {
-			return err
+			return info, err
 		}
 	}
-	return metadata.ValidateLabels(info.Labels)
+	return info, metadata.ValidateLabels(info.Labels)
 }

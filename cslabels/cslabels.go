@@ -1,0 +1,78 @@
+// Package cslabels names the labels through which cs-snapshotter's store
+// face keeps its records on containerd's snapshots and blobs. Every key is
+// documented in docs/labels.md.
+//
+// Snapshot label keys begin with "containerd.io/snapshot/": containerd
+// forwards only those to a proxy snapshotter, and the daemon must see the
+// ones it enforces (names, ownership) whichever way a snapshot was made.
+package cslabels
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Prefix begins every snapshot label the store owns.
+const Prefix = "containerd.io/snapshot/cs."
+
+// Kind is a kind of named item; names are unique per kind.
+type Kind string
+
+// The kinds that live on snapshots.
+const (
+	Layer     Kind = "layer"
+	Container Kind = "container"
+)
+
+// Kinds lists the snapshot kinds with names.
+var Kinds = []Kind{Layer, Container}
+
+// NamePrefix begins the label keys holding the names of kind: one label per
+// name, the name after the prefix, the value its position among the item's
+// names (so the order callers gave survives).
+func NamePrefix(k Kind) string {
+	return Prefix + string(k) + "-name."
+}
+
+// NameKey is the label key recording name as a name of kind k.
+func NameKey(k Kind, name string) string {
+	return NamePrefix(k) + name
+}
+
+// ParseName tells whether key records a name, and of which kind.
+func ParseName(key string) (Kind, string, bool) {
+	if !strings.HasPrefix(key, Prefix) {
+		return "", "", false
+	}
+	for _, k := range Kinds {
+		if name, ok := strings.CutPrefix(key, NamePrefix(k)); ok && name != "" {
+			return k, name, true
+		}
+	}
+	return "", "", false
+}
+
+// Names returns the names of each kind recorded in labels.
+func Names(labels map[string]string) map[Kind][]string {
+	var names map[Kind][]string
+	for key := range labels {
+		if k, name, ok := ParseName(key); ok {
+			if names == nil {
+				names = map[Kind][]string{}
+			}
+			names[k] = append(names[k], name)
+		}
+	}
+	return names
+}
+
+// Owned marks a snapshot the store holds: the daemon refuses to Remove it
+// (FailedPrecondition), so containerd's garbage collector, which removes
+// backend snapshots it did not make, leaves it alone. The store drops the
+// label before removing the snapshot itself.
+const Owned = Prefix + "owned"
+
+// OwnedError is the message of a refused Remove.
+func OwnedError(key string) string {
+	return fmt.Sprintf("snapshot %q is held by the cs store (label %s); delete it through the store", key, Owned)
+}
