@@ -1,9 +1,6 @@
-//go:build bench
-
-// The snapshotter benchmarks build only with -tags bench: containerd's
-// overlayfs snapshotter, compared against here, needs
-// github.com/opencontainers/runtime-spec in go.mod, which the rest of the
-// module does not. scripts/bench.sh runs them; see docs/benchmarks.md.
+// The snapshotter benchmarks: cs in-process, cs over the socket and
+// containerd's overlayfs snapshotter side by side. scripts/bench.sh runs
+// them; see docs/benchmarks.md.
 
 package daemon_test
 

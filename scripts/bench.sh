@@ -84,24 +84,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# containerd's overlayfs snapshotter needs a requirement go.mod may not list
-# (github.com/opencontainers/runtime-spec). If so, build against a temporary
-# copy of go.mod that Go may complete; the repository's go.mod is not touched.
-modflags=()
-if ! err=$(go list -tags bench -test -deps ./daemon/ 2>&1 >/dev/null); then
-  if ! grep -q 'go mod tidy' <<<"$err"; then
-    echo "$err" >&2
-    exit 1
-  fi
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  cp go.mod go.sum "$tmp/"
-  modflags=(-modfile="$tmp/go.mod" -mod=mod)
-  echo "bench.sh: go.mod lacks requirements of the benchmarks; building with a temporary copy" >&2
-fi
-
 echo "bench.sh: $BENCH, $CS_BENCH_SNAPSHOTS snapshots, -benchtime=$BENCHTIME -count=$COUNT; raw output in $OUT" >&2
-go test "${modflags[@]}" -tags bench -run '^$' -bench "$BENCH" -benchtime="$BENCHTIME" -count="$COUNT" \
+go test -run '^$' -bench "$BENCH" -benchtime="$BENCHTIME" -count="$COUNT" \
   -timeout=60m -v ./daemon/ | grep -v -e '^=== ' -e '^BenchmarkSnapshotter[^ \t]*$' | tee "$OUT"
 
 table "$OUT"
