@@ -1,0 +1,125 @@
+package layerdiff
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/containerd/continuity/fs"
+	"golang.org/x/sys/unix"
+)
+
+// Reassemble reads payloads by the names the tar recorded. Those names go
+// through symlinks the layer itself created (a "link -> /" entry followed by
+// "link/etc/x" is legal), so a plain os.Open(filepath.Join(dir, name)), which
+// is what tar-split's own PathFileGetter does, would follow "link" to the
+// host's /etc. The helpers here resolve a name the way containerd's
+// archive.Apply placed it: cleaned lexically, every symlink evaluated as if
+// dir were "/" (fs.RootPath), the last component not followed.
+
+// splitInRoot cleans a tar entry name lexically, as archive.Apply does, and
+// splits it into its parent directory and base name relative to the root.
+// ok is false for names that resolve to the root itself.
+func splitInRoot(name string) (dir, base string, ok bool) {
+	rel := path.Clean("/" + name)[1:]
+	if rel == "" {
+		return "", "", false
+	}
+	return path.Dir(rel), path.Base(rel), true
+}
+
+// resolveFlags keep openat2 inside the root: ".." and absolute symlinks stop
+// at it, /proc magic links and other mounts are refused.
+const resolveFlags = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// openParentInRoot returns an O_PATH descriptor of the directory dir (a
+// cleaned relative path) under the root open as rootFd, rooted at it.
+func openParentInRoot(rootFd int, root, dir string) (int, error) {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: resolveFlags}
+	for range 8 {
+		fd, err := unix.Openat2(rootFd, dir, &how)
+		switch {
+		case err == nil:
+			return fd, nil
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+			// RESOLVE_IN_ROOT asks to retry when a concurrent rename
+			// raced with the lookup.
+			continue
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+			// Kernels before 5.6, or a seccomp filter: resolve in
+			// userspace as containerd does. Not race-free against a
+			// concurrent writer, but the layer directory has none.
+			p, err := fs.RootPath(root, dir)
+			if err != nil {
+				return -1, err
+			}
+			fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return -1, &os.PathError{Op: "open", Path: p, Err: err}
+			}
+			return fd, nil
+		default:
+			return -1, &os.PathError{Op: "openat2", Path: filepath.Join(root, dir), Err: err}
+		}
+	}
+	return -1, &os.PathError{Op: "openat2", Path: filepath.Join(root, dir), Err: unix.EAGAIN}
+}
+
+// statRegularInRoot returns the stat of the regular file that name (a tar
+// entry name) designates under the root, and an O_PATH descriptor of its
+// parent directory, which the caller closes.
+func statRegularInRoot(rootFd int, root, name string) (st unix.Stat_t, parentFd int, base string, err error) {
+	dir, base, ok := splitInRoot(name)
+	if !ok {
+		return st, -1, "", errors.New("names the layer root, not a file")
+	}
+	parentFd, err = openParentInRoot(rootFd, root, dir)
+	if err != nil {
+		return st, -1, "", err
+	}
+	if err := unix.Fstatat(parentFd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Close(parentFd)
+		return st, -1, "", &os.PathError{Op: "lstat", Path: name, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(parentFd)
+		return st, -1, "", fmt.Errorf("is not a regular file (mode %#o)", st.Mode)
+	}
+	return st, parentFd, base, nil
+}
+
+// openRegularInRoot opens for reading the regular file that name designates
+// under the root. Anything else — a symlink, a directory, a fifo, a device —
+// is an error: opening a device can have side effects, reading a fifo can
+// block forever.
+func openRegularInRoot(rootFd int, root, name string) (*os.File, error) {
+	st, parentFd, base, err := statRegularInRoot(rootFd, root, name)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(parentFd)
+	// O_NONBLOCK so that, should the file have been swapped for a fifo
+	// since the stat, open does not wait for a writer; the fstat below then
+	// refuses it.
+	fd, err := unix.Openat(parentFd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	var st2 unix.Stat_t
+	if err := unix.Fstat(fd, &st2); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "fstat", Path: name, Err: err}
+	}
+	if st2.Mode&unix.S_IFMT != unix.S_IFREG || st2.Ino != st.Ino || st2.Dev != st.Dev {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%q changed while being opened", name)
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(root, relName(name))), nil
+}
+
+// relName is the cleaned relative form of a tar entry name.
+func relName(name string) string {
+	return path.Clean("/" + name)[1:]
+}
