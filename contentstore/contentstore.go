@@ -7,12 +7,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 )
 
@@ -57,7 +60,23 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 
 // Delete removes a blob and its labels, so a blob ingested again later does
 // not inherit them.
+//
+// A blob a layer of the store uses (a cslabels.BlobRefPrefix label) is kept:
+// containerd's garbage collector deletes backend blobs it does not know, and
+// the store's own blobs are not known to it. Delete answers nil then, as the
+// blob is none of the caller's business; the store drops its references
+// before deleting.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
+	labels, err := s.labels.Get(dgst)
+	if err != nil {
+		return fmt.Errorf("delete content %s: %w", dgst, err)
+	}
+	for key := range labels {
+		if strings.HasPrefix(key, cslabels.BlobRefPrefix) {
+			log.G(ctx).WithField("digest", dgst).WithField("ref", key).Debug("kept a blob the store uses")
+			return nil
+		}
+	}
 	if err := s.Store.Delete(ctx, dgst); err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
 func newTestStore(t *testing.T) content.Store {
@@ -81,5 +83,29 @@ func TestLabelLimit(t *testing.T) {
 	}
 	if _, err := cs.Info(ctx, d); err != nil {
 		t.Errorf("other blob lost: %v", err)
+	}
+}
+
+// TestDeleteKeepsStoreBlobs: a blob a store layer references survives
+// Delete (containerd's GC) until the reference goes.
+func TestDeleteKeepsStoreBlobs(t *testing.T) {
+	cs := newTestStore(t)
+	ctx := context.Background()
+	ref := cslabels.BlobRefPrefix + "0123"
+	d := write(t, cs, "tar-split", map[string]string{ref: "tar-split"})
+	if err := cs.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Info(ctx, d); err != nil {
+		t.Fatalf("referenced blob deleted: %v", err)
+	}
+	if _, err := cs.Update(ctx, content.Info{Digest: d}, "labels."+ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Info(ctx, d); !errdefs.IsNotFound(err) {
+		t.Fatalf("unreferenced blob kept: %v", err)
 	}
 }

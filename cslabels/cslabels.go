@@ -76,3 +76,34 @@ const Owned = Prefix + "owned"
 func OwnedError(key string) string {
 	return fmt.Sprintf("snapshot %q is held by the cs store (label %s); delete it through the store", key, Owned)
 }
+
+// Layer record labels, on the committed snapshot of a layer the store made.
+const (
+	Metadata           = Prefix + "metadata"
+	MountLabel         = Prefix + "mount-label"
+	CompressedDigest   = Prefix + "compressed-digest"
+	CompressedSize     = Prefix + "compressed-size"
+	UncompressedDigest = Prefix + "uncompressed-digest"
+	UncompressedSize   = Prefix + "uncompressed-size"
+	Compression        = Prefix + "compression"
+	UIDs               = Prefix + "uidset"
+	GIDs               = Prefix + "gidset"
+	Flags              = Prefix + "flags"
+	// TarSplit is the digest of the blob holding the layer's tar-split,
+	// set only when it reproduces the applied tar byte for byte.
+	TarSplit = Prefix + "tar-split"
+	// BigDataPrefix + key is the digest of the blob holding big data item key.
+	BigDataPrefix = Prefix + "bigdata."
+	// Incomplete marks the active snapshot of a layer still being filled;
+	// one found when the root is opened is the remains of a crash and goes.
+	Incomplete = Prefix + "incomplete"
+)
+
+// Blob labels (the content store's labels, which only the store and the
+// daemon see; containerd passes none to a proxy content store).
+const (
+	// BlobRefPrefix + layer ID marks a blob a layer of the store uses; the
+	// daemon keeps a blob with any such label when asked to Delete it, so
+	// containerd's garbage collector does not take it.
+	BlobRefPrefix = "cs.ref."
+)

@@ -16,6 +16,7 @@ import (
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
@@ -42,8 +44,9 @@ type Daemon struct {
 }
 
 // Open takes the root of cfg for this process and opens everything in it.
-// holder says who takes it, for the error another process gets.
-func Open(ctx context.Context, cfg config.Config, holder string) (_ *Daemon, err error) {
+// holder says who takes it, for whoever comes next: when another process
+// holds the root, Open fails with an *InUseError naming it.
+func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err error) {
 	root := cfg.Root
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create root: %w", err)
@@ -68,6 +71,11 @@ func Open(ctx context.Context, cfg config.Config, holder string) (_ *Daemon, err
 	}
 	if d.cs, err = contentstore.New(filepath.Join(root, "content"), d.db); err != nil {
 		return nil, err
+	}
+	// Nobody else has the root, so a layer still marked incomplete is the
+	// remains of a crash.
+	if err := removeIncomplete(ctx, d.sn); err != nil {
+		log.G(ctx).WithError(err).Warn("removing incomplete layers failed")
 	}
 	// Finish removals a crash or an asynchronous Remove left behind.
 	if err := d.sn.Cleanup(ctx); err != nil {
@@ -198,4 +206,29 @@ type snapshotsService struct {
 
 func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream snapshotsapi.Snapshots_ListServer) error {
 	return errgrpc.ToGRPC(s.SnapshotsServer.List(req, stream))
+}
+
+// removeIncomplete removes every snapshot marked incomplete, children first.
+func removeIncomplete(ctx context.Context, sn snapshots.Snapshotter) error {
+	var keys []string
+	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		keys = append(keys, info.Name)
+		return nil
+	}, fmt.Sprintf("labels.%q", cslabels.Incomplete)); err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(keys) - 1; i >= 0; i-- {
+		key := keys[i]
+		if _, err := sn.Update(ctx, snapshots.Info{Name: key}, "labels."+cslabels.Owned); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := sn.Remove(ctx, key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		log.G(ctx).WithField("key", key).Info("removed incomplete layer")
+	}
+	return errors.Join(errs...)
 }

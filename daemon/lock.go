@@ -1,11 +1,11 @@
 package daemon
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,14 +13,41 @@ import (
 // lockName is the file in the root whose flock marks the root as in use.
 const lockName = "lock"
 
+// Holder says who holds a root: written into the lock file by the holder, so
+// whoever is refused can name it, and a store can find the daemon's socket.
+type Holder struct {
+	PID int `json:"pid"`
+	// What the holder is, e.g. "cs-snapshotter serve".
+	What string `json:"what"`
+	// Address is the socket a daemon holding the root serves; empty for a
+	// store opened in-process.
+	Address string `json:"address,omitempty"`
+}
+
+func (h Holder) String() string {
+	s := fmt.Sprintf("pid %d (%s", h.PID, h.What)
+	if h.Address != "" {
+		s += " on " + h.Address
+	}
+	return s + ")"
+}
+
+// InUseError is returned when another process holds the root.
+type InUseError struct {
+	Root   string
+	Holder Holder
+}
+
+func (e *InUseError) Error() string {
+	return fmt.Sprintf("root %s is in use by %s", e.Root, e.Holder)
+}
+
 // rootLock is an exclusive hold on a root, released when the process dies.
 type rootLock struct {
 	f *os.File
 }
 
-// lockRoot takes the root's lock and records who holds it (holder), so the
-// next process that tries can say who is in the way.
-func lockRoot(root, holder string) (*rootLock, error) {
+func lockRoot(root string, h Holder) (*rootLock, error) {
 	path := filepath.Join(root, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -29,24 +56,25 @@ func lockRoot(root, holder string) (*rootLock, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			who, _ := os.ReadFile(path)
-			return nil, fmt.Errorf("root %s is in use by %s", root, describeHolder(who))
+			return nil, &InUseError{Root: root, Holder: readHolder(path)}
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	desc := fmt.Sprintf("pid %d (%s)", os.Getpid(), holder)
+	h.PID = os.Getpid()
+	data, _ := json.Marshal(h)
 	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(desc+"\n"), 0)
+		f.WriteAt(append(data, '\n'), 0)
 	}
 	return &rootLock{f: f}, nil
 }
 
-func describeHolder(content []byte) string {
-	s := strings.TrimSpace(string(content))
-	if s == "" {
-		return "another process"
+func readHolder(path string) Holder {
+	var h Holder
+	data, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(data, &h) != nil || h.What == "" {
+		return Holder{What: "another process"}
 	}
-	return s
+	return h
 }
 
 func (l *rootLock) release() error {

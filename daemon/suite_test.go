@@ -29,7 +29,7 @@ func serve(ctx context.Context, root string) (*served, error) {
 	cfg.Root = root
 	cfg.RunRoot = filepath.Join(root, "run")
 	addr := cfg.Address()
-	d, err := daemon.Open(ctx, cfg, "test")
+	d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "test", Address: addr})
 	if err != nil {
 		return nil, err
 	}

@@ -55,7 +55,7 @@ func runServe(ctx context.Context, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	addr := cfg.Address()
-	d, err := daemon.Open(ctx, cfg, fmt.Sprintf("cs-snapshotter serve on %s", addr))
+	d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "cs-snapshotter serve", Address: addr})
 	if err != nil {
 		return err
 	}
