@@ -1,0 +1,119 @@
+package storage
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+)
+
+// blobReader opens blob dgst for reading.
+func (s *store) blobReader(dgst digest.Digest) (content.ReaderAt, error) {
+	info, err := s.cs.Info(s.ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return s.cs.ReaderAt(s.ctx, ocispec.Descriptor{Digest: dgst, Size: info.Size})
+}
+
+// writeBlob stores data as a blob referenced by ref (a cslabels.BlobRefPrefix
+// label) and returns its digest.
+func (s *store) writeBlob(ingest string, data io.Reader, ref string) (digest.Digest, error) {
+	w, err := content.OpenWriter(s.ctx, s.cs, content.WithRef(ingest))
+	if err != nil {
+		return "", err
+	}
+	defer w.Close()
+	if err := w.Truncate(0); err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(w, data); err != nil {
+		s.cs.Abort(s.ctx, ingest)
+		return "", err
+	}
+	labels := map[string]string{ref: "bigdata"}
+	err = w.Commit(s.ctx, 0, "", content.WithLabels(labels))
+	dgst := w.Digest()
+	if errdefs.IsAlreadyExists(err) {
+		err = s.addBlobRef(dgst, labels)
+	}
+	return dgst, err
+}
+
+func bigDataRef(id, key string) string { return "bigdata/" + key }
+
+// ListLayerBigData lists the big data keys of layer id.
+func (s *store) ListLayerBigData(id string) ([]string, error) {
+	l, err := s.Layer(id)
+	if err != nil {
+		return nil, err
+	}
+	return l.BigDataNames, nil
+}
+
+// LayerBigData returns big data item key of layer id.
+func (s *store) LayerBigData(id, key string) (io.ReadCloser, error) {
+	if key == "" {
+		return nil, fmt.Errorf("can't retrieve layer big data value for empty name: %w", ErrInvalidBigDataName)
+	}
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	r, err := idx.get(id)
+	if err != nil {
+		return nil, err
+	}
+	dgst := r.labels[cslabels.BigDataPrefix+key]
+	if dgst == "" {
+		return nil, fmt.Errorf("layer %s has no big data item %q: %w", r.ID, key, errdefs.ErrNotFound)
+	}
+	ra, err := s.blobReader(digest.Digest(dgst))
+	if err != nil {
+		return nil, fmt.Errorf("big data %q of layer %s: %w", key, r.ID, err)
+	}
+	return &closers{ReadCloser: io.NopCloser(content.NewReader(ra)), after: func() { ra.Close() }}, nil
+}
+
+// SetLayerBigData stores data as big data item key of layer id, replacing
+// any previous value.
+func (s *store) SetLayerBigData(id, key string, data io.Reader) error {
+	if key == "" || strings.ContainsRune(key, 0) {
+		return fmt.Errorf("can't set empty name for layer big data item: %w", ErrInvalidBigDataName)
+	}
+	idx, err := s.load()
+	if err != nil {
+		return err
+	}
+	r, err := idx.get(id)
+	if err != nil {
+		return err
+	}
+	ref := cslabels.BlobRefPrefix + r.ID + "." + bigDataRef(r.ID, key)
+	dgst, err := s.writeBlob("cs.bigdata."+r.ID+"."+digest.FromString(key).Encoded(), data, ref)
+	if err != nil {
+		return fmt.Errorf("store big data %q of layer %s: %w", key, r.ID, err)
+	}
+	label := cslabels.BigDataPrefix + key
+	old := r.labels[label]
+	if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: map[string]string{label: dgst.String()}}, "labels."+label); err != nil {
+		if old != dgst.String() {
+			s.releaseBlob(dgst.String(), r.ID, bigDataRef(r.ID, key))
+		}
+		if errdefs.IsInvalidArgument(err) {
+			return fmt.Errorf("big data key %q of layer %s is too long: %w: %w", key, r.ID, ErrInvalidBigDataName, err)
+		}
+		return mapErr(err)
+	}
+	if old != "" && old != dgst.String() {
+		s.releaseBlob(old, r.ID, bigDataRef(r.ID, key))
+	}
+	return nil
+}

@@ -1,0 +1,438 @@
+package storage
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
+)
+
+// Compression is a layer diff's compression, numbered as containers/storage
+// numbers it.
+type Compression int
+
+// The compressions, with containers/storage's values.
+const (
+	Uncompressed Compression = iota
+	Bzip2
+	Gzip
+	Xz
+	Zstd
+)
+
+var compressionNames = map[Compression]string{Uncompressed: "none", Bzip2: "bzip2", Gzip: "gzip", Xz: "xz", Zstd: "zstd"}
+
+func (c Compression) String() string {
+	if n, ok := compressionNames[c]; ok {
+		return n
+	}
+	return fmt.Sprintf("compression(%d)", int(c))
+}
+
+func parseCompression(s string) Compression {
+	for c, n := range compressionNames {
+		if n == s {
+			return c
+		}
+	}
+	return Uncompressed
+}
+
+func fromLayerdiff(c layerdiff.Compression) Compression {
+	return parseCompression(c.String())
+}
+
+func toLayerdiff(c Compression) layerdiff.Compression {
+	for _, lc := range []layerdiff.Compression{layerdiff.Uncompressed, layerdiff.Gzip, layerdiff.Zstd, layerdiff.Bzip2, layerdiff.Xz} {
+		if lc.String() == c.String() {
+			return lc
+		}
+	}
+	return layerdiff.Uncompressed
+}
+
+// DiffOptions tune Diff.
+type DiffOptions struct {
+	// Compression of the result; nil means the layer's own.
+	Compression *Compression
+}
+
+// dirsOfMounts returns the directory a snapshot's mounts write to (upper)
+// and those beneath it, nearest first. For a view (readOnly) the layer's
+// own directory is the first lower one.
+func dirsOfMounts(mounts []mount.Mount, readOnly bool) (upper string, lowers []string, err error) {
+	if len(mounts) != 1 {
+		return "", nil, fmt.Errorf("unexpected mounts %+v", mounts)
+	}
+	m := mounts[0]
+	switch m.Type {
+	case "bind":
+		return m.Source, nil, nil
+	case "overlay":
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = v
+			} else if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				lowers = strings.Split(v, ":")
+			}
+		}
+		if readOnly && upper == "" && len(lowers) > 0 {
+			return lowers[0], lowers[1:], nil
+		}
+		if upper == "" {
+			return "", nil, fmt.Errorf("overlay mount without upperdir: %v", m.Options)
+		}
+		return upper, lowers, nil
+	}
+	return "", nil, fmt.Errorf("unexpected mount type %q", m.Type)
+}
+
+// layerDirs returns the directory holding layer r's own files and its
+// parents' directories, nearest first; release frees what it took.
+func (s *store) layerDirs(r *layerRecord) (upper string, lowers []string, release func(), err error) {
+	if r.writeable {
+		m, err := s.sn.Mounts(s.ctx, r.key)
+		if err != nil {
+			return "", nil, nil, mapErr(err)
+		}
+		upper, lowers, err := dirsOfMounts(m, false)
+		return upper, lowers, func() {}, err
+	}
+	key := viewPrefix + newID()
+	m, err := s.sn.View(s.ctx, key, r.key)
+	if err != nil {
+		return "", nil, nil, mapErr(fmt.Errorf("view layer %s: %w", r.ID, err))
+	}
+	release = func() { s.sn.Remove(s.ctx, key) }
+	upper, lowers, err = dirsOfMounts(m, true)
+	if err != nil {
+		release()
+		return "", nil, nil, err
+	}
+	return upper, lowers, release, nil
+}
+
+// applyInto applies diff into upper (a layer's own directory, with lowers
+// beneath it), storing its tar-split as a blob, and returns the labels that
+// record it.
+func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (map[string]string, error) {
+	ref := "cs.tar-split." + id
+	w, err := content.OpenWriter(s.ctx, s.cs, content.WithRef(ref))
+	if err != nil {
+		return nil, fmt.Errorf("record tar-split of layer %s: %w", id, err)
+	}
+	defer w.Close()
+	if err := w.Truncate(0); err != nil {
+		return nil, fmt.Errorf("record tar-split of layer %s: %w", id, err)
+	}
+	res, err := layerdiff.Apply(s.ctx, upper, diff, layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
+	if err != nil {
+		s.cs.Abort(s.ctx, ref)
+		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
+	}
+	labels := map[string]string{
+		cslabels.CompressedDigest:   res.CompressedDigest.String(),
+		cslabels.CompressedSize:     strconv.FormatInt(res.CompressedSize, 10),
+		cslabels.UncompressedDigest: res.UncompressedDigest.String(),
+		cslabels.UncompressedSize:   strconv.FormatInt(res.UncompressedSize, 10),
+		cslabels.Compression:        fromLayerdiff(res.Compression).String(),
+		cslabels.UIDs:               formatIDSet(res.UIDs),
+		cslabels.GIDs:               formatIDSet(res.GIDs),
+	}
+	if !res.Reproducible {
+		s.cs.Abort(s.ctx, ref)
+		return labels, nil
+	}
+	refLabel := map[string]string{cslabels.BlobRefPrefix + id + ".tar-split": "tar-split"}
+	err = w.Commit(s.ctx, 0, "", content.WithLabels(refLabel))
+	dgst := w.Digest()
+	if errdefs.IsAlreadyExists(err) {
+		err = s.addBlobRef(dgst, refLabel)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store tar-split of layer %s: %w", id, err)
+	}
+	labels[cslabels.TarSplit] = dgst.String()
+	return labels, nil
+}
+
+func (s *store) addBlobRef(dgst digest.Digest, labels map[string]string) error {
+	var paths []string
+	for k := range labels {
+		paths = append(paths, "labels."+k)
+	}
+	_, err := s.cs.Update(s.ctx, content.Info{Digest: dgst, Labels: labels}, paths...)
+	return err
+}
+
+// releaseBlob drops layer id's reference (what) to blob dgst and deletes
+// the blob once nothing references it.
+func (s *store) releaseBlob(dgst, id, what string) {
+	if dgst == "" {
+		return
+	}
+	d := digest.Digest(dgst)
+	ref := cslabels.BlobRefPrefix + id + "." + what
+	info, err := s.cs.Update(s.ctx, content.Info{Digest: d}, "labels."+ref)
+	if err != nil {
+		return
+	}
+	for k := range info.Labels {
+		if strings.HasPrefix(k, cslabels.BlobRefPrefix) {
+			return
+		}
+	}
+	s.cs.Delete(s.ctx, d)
+}
+
+// ApplyDiff applies diff to the layer to, returning the uncompressed bytes
+// applied. While it applies, the layer is marked incomplete, so a crash
+// leaves it to be removed at the next start.
+func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
+	idx, err := s.load()
+	if err != nil {
+		return -1, err
+	}
+	r, err := idx.get(to)
+	if err != nil {
+		return -1, err
+	}
+	if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: map[string]string{cslabels.Incomplete: "applying"}}, "labels."+cslabels.Incomplete); err != nil {
+		return -1, mapErr(err)
+	}
+	upper, lowers, release, err := s.layerDirs(r)
+	if err != nil {
+		return -1, err
+	}
+	defer release()
+	labels, err := s.applyInto(r.ID, upper, lowers, diff)
+	if err != nil {
+		return -1, err
+	}
+	old := r.labels[cslabels.TarSplit]
+	labels[cslabels.Incomplete] = ""
+	paths := []string{"labels." + cslabels.Incomplete, "labels." + cslabels.TarSplit}
+	for k := range labels {
+		paths = append(paths, "labels."+k)
+	}
+	if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: labels}, paths...); err != nil {
+		return -1, mapErr(err)
+	}
+	if old != "" && old != labels[cslabels.TarSplit] {
+		s.releaseBlob(old, r.ID, "tar-split")
+	}
+	return strconv.ParseInt(labels[cslabels.UncompressedSize], 10, 64)
+}
+
+// Diff returns the changes of layer to against from (its parent when
+// empty) as a tar stream, compressed as options say (the layer's own
+// compression by default). Against its parent, a layer with a tar-split
+// reproduces the tar it was made from byte for byte.
+func (s *store) Diff(from, to string, options *DiffOptions) (io.ReadCloser, error) {
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	r, err := idx.get(to)
+	if err != nil {
+		return nil, err
+	}
+	if from != "" {
+		f, err := idx.get(from)
+		if err != nil {
+			return nil, err
+		}
+		if f.ID != r.Parent {
+			return nil, fmt.Errorf("diff of layer %s against %s, which is not its parent: %w", r.ID, f.ID, ErrNotSupported)
+		}
+	}
+	compression := r.CompressionType
+	if options != nil && options.Compression != nil {
+		compression = *options.Compression
+	}
+	rc, err := s.rawDiff(r)
+	if err != nil {
+		return nil, err
+	}
+	if compression == Uncompressed {
+		return rc, nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		cw, err := layerdiff.Compress(pw, toLayerdiff(compression))
+		if err == nil {
+			_, err = io.Copy(cw, rc)
+			if cerr := cw.Close(); err == nil {
+				err = cerr
+			}
+		}
+		rc.Close()
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+// rawDiff is the uncompressed diff of r against its parent.
+func (s *store) rawDiff(r *layerRecord) (io.ReadCloser, error) {
+	upper, lowers, release, err := s.layerDirs(r)
+	if err != nil {
+		return nil, err
+	}
+	if ts := r.labels[cslabels.TarSplit]; ts != "" {
+		ra, err := s.blobReader(digest.Digest(ts))
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("tar-split of layer %s: %w", r.ID, err)
+		}
+		rc, err := layerdiff.Reassemble(upper, content.NewReader(ra))
+		if err != nil {
+			ra.Close()
+			release()
+			return nil, fmt.Errorf("reassemble layer %s: %w", r.ID, err)
+		}
+		return &closers{ReadCloser: rc, after: func() { ra.Close(); release() }}, nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		err := layerdiff.WriteDiff(s.ctx, pw, lowers, upper)
+		release()
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+type closers struct {
+	io.ReadCloser
+	after func()
+}
+
+func (c *closers) Close() error {
+	err := c.ReadCloser.Close()
+	c.after()
+	return err
+}
+
+// DiffSize returns the size of the uncompressed diff of to against from.
+func (s *store) DiffSize(from, to string) (int64, error) {
+	l, err := s.Layer(to)
+	if err != nil {
+		return -1, err
+	}
+	if l.UncompressedDigest != "" && l.UncompressedSize > 0 && (from == "" || from == l.Parent) {
+		return l.UncompressedSize, nil
+	}
+	u := Uncompressed
+	rc, err := s.Diff(from, to, &DiffOptions{Compression: &u})
+	if err != nil {
+		return -1, err
+	}
+	defer rc.Close()
+	return io.Copy(io.Discard, rc)
+}
+
+// ChangeKind says how a path changed.
+type ChangeKind int
+
+// The kinds of change, numbered as containers/storage's archive package.
+const (
+	ChangeModify ChangeKind = iota
+	ChangeAdd
+	ChangeDelete
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case ChangeModify:
+		return "C"
+	case ChangeAdd:
+		return "A"
+	case ChangeDelete:
+		return "D"
+	}
+	return ""
+}
+
+// Change is a changed path of a layer.
+type Change struct {
+	Path string
+	Kind ChangeKind
+}
+
+func (c *Change) String() string { return fmt.Sprintf("%s %s", c.Kind, c.Path) }
+
+// Changes lists the paths layer to changes against from (its parent when
+// empty).
+func (s *store) Changes(from, to string) ([]Change, error) {
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	r, err := idx.get(to)
+	if err != nil {
+		return nil, err
+	}
+	if from != "" {
+		if f, err := idx.get(from); err != nil || f.ID != r.Parent {
+			return nil, fmt.Errorf("changes of layer %s against %q, which is not its parent: %w", r.ID, from, ErrNotSupported)
+		}
+	}
+	_, lowers, release, err := s.layerDirs(r)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	rc, err := s.rawDiff(r)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var changes []Change
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("changes of layer %s: %w", r.ID, err)
+		}
+		p := "/" + strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		dir, base := path.Split(p)
+		switch {
+		case base == ".wh..wh..opq":
+			continue
+		case strings.HasPrefix(base, ".wh."):
+			changes = append(changes, Change{Path: path.Join(dir, strings.TrimPrefix(base, ".wh.")), Kind: ChangeDelete})
+		case inLowers(lowers, p):
+			changes = append(changes, Change{Path: p, Kind: ChangeModify})
+		default:
+			changes = append(changes, Change{Path: p, Kind: ChangeAdd})
+		}
+	}
+	sort.Slice(changes, func(i, j int) bool { return changes[i].Path < changes[j].Path })
+	return changes, nil
+}
+
+func inLowers(lowers []string, p string) bool {
+	for _, l := range lowers {
+		if _, err := os.Lstat(filepath.Join(l, p)); err == nil {
+			return true
+		}
+	}
+	return false
+}

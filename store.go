@@ -1,0 +1,244 @@
+// Package storage is cs-snapshotter's store face: containers/storage's Store
+// (layers, names, metadata, big data, exact layer diffs) kept entirely as
+// containerd snapshots and blobs with labels, so it runs the same embedded
+// (the daemon's snapshotter and content store in-process) or remote (the
+// same interfaces over the daemon's socket, through containerd's proxy
+// clients).
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+)
+
+// Version is the store's version, reported by Version().
+const Version = "0.1.0"
+
+// StoreOptions says which store to open, as containers/storage's does.
+type StoreOptions struct {
+	// RunRoot holds what does not survive a reboot: mount points and their
+	// counts.
+	RunRoot string `json:"runroot,omitempty"`
+	// GraphRoot is the cs-snapshotter root: the daemon's --root.
+	GraphRoot string `json:"root,omitempty"`
+	// GraphDriverName must be "" or "overlay".
+	GraphDriverName string `json:"driver,omitempty"`
+	// GraphDriverOptions are "overlay.<option>=<value>" settings; those the
+	// store does not use are ignored.
+	GraphDriverOptions []string `json:"driver-options,omitempty"`
+	// TransientStore is accepted for compatibility; the store's records
+	// always survive a reboot.
+	TransientStore bool `json:"transient_store,omitempty"`
+}
+
+// store implements Store on a snapshotter and a content store.
+type store struct {
+	opts     StoreOptions
+	ctx      context.Context
+	sn       snapshots.Snapshotter
+	cs       content.Store
+	embedded *daemon.Daemon // set when the root is open in this process
+	client   *daemon.Client // set when a daemon serves the root
+}
+
+// namespace is the containerd namespace the store's requests carry. The
+// daemon itself is not namespaced; containerd's keys carry theirs.
+const namespace = "cs-storage"
+
+// GetStore opens the store at options.GraphRoot: through the daemon serving
+// it if there is one, in-process otherwise (holding the root's lock until
+// Shutdown). Another process holding the root in-process is an error naming
+// it.
+func GetStore(options StoreOptions) (Store, error) {
+	if options.GraphRoot == "" || options.RunRoot == "" {
+		return nil, ErrIncompleteOptions
+	}
+	if options.GraphDriverName != "" && options.GraphDriverName != "overlay" {
+		return nil, fmt.Errorf("storage driver %q: only \"overlay\" is available: %w", options.GraphDriverName, ErrNotSupported)
+	}
+	for _, p := range []*string{&options.GraphRoot, &options.RunRoot} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = abs
+	}
+	s := &store{opts: options, ctx: namespaces.WithNamespace(context.Background(), namespace)}
+	cfg := config.Default()
+	cfg.Root = options.GraphRoot
+	cfg.RunRoot = options.RunRoot
+	d, err := daemon.Open(s.ctx, cfg, daemon.Holder{What: holderName()})
+	var inUse *daemon.InUseError
+	switch {
+	case err == nil:
+		s.embedded = d
+		s.sn, s.cs = d.Snapshotter(), d.Content()
+	case errors.As(err, &inUse) && inUse.Holder.Address != "":
+		c, err := daemon.Dial(inUse.Holder.Address)
+		if err != nil {
+			return nil, err
+		}
+		s.client = c
+		s.sn, s.cs = c.Snapshotter, c.Content
+	default:
+		return nil, err
+	}
+	if err := os.MkdirAll(s.opts.RunRoot, 0o700); err != nil {
+		s.close()
+		return nil, fmt.Errorf("create run root: %w", err)
+	}
+	return s, nil
+}
+
+func holderName() string {
+	return "cs-snapshotter store in " + filepath.Base(os.Args[0])
+}
+
+func (s *store) close() error {
+	if s.client != nil {
+		return s.client.Close()
+	}
+	if s.embedded != nil {
+		return s.embedded.Close()
+	}
+	return nil
+}
+
+func (s *store) RunRoot() string         { return s.opts.RunRoot }
+func (s *store) GraphRoot() string       { return s.opts.GraphRoot }
+func (s *store) GraphDriverName() string { return "overlay" }
+func (s *store) GraphOptions() []string  { return s.opts.GraphDriverOptions }
+func (s *store) TransientStore() bool    { return s.opts.TransientStore }
+
+// Remote reports whether a daemon serves the store.
+func (s *store) Remote() bool { return s.client != nil }
+
+// Status reports what containers/storage's overlay driver reports, for the
+// store.
+func (s *store) Status() ([][2]string, error) {
+	mode := "embedded"
+	if s.client != nil {
+		mode = "daemon"
+	}
+	layers, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	return [][2]string{
+		{"Backing Filesystem", backingFS(s.opts.GraphRoot)},
+		{"Supports d_type", "true"},
+		{"Native Overlay Diff", "true"},
+		{"Using metacopy", "false"},
+		{"Store", mode},
+		{"Layers", fmt.Sprint(len(layers.list))},
+	}, nil
+}
+
+// Version reports the store's version.
+func (s *store) Version() ([][2]string, error) {
+	return [][2]string{{"Version", Version}, {"Driver", "overlay"}}, nil
+}
+
+// Shutdown unmounts every layer the store mounted (all of them when force
+// is set; otherwise it refuses while any is mounted, as containers/storage
+// does) and releases the store.
+func (s *store) Shutdown(force bool) ([]string, error) {
+	mounted, err := s.mountedLayers()
+	if err != nil {
+		return nil, err
+	}
+	if len(mounted) > 0 && !force {
+		return mounted, fmt.Errorf("a layer is mounted: %w", ErrLayerUsedByContainer)
+	}
+	var errs []error
+	for _, id := range mounted {
+		if _, err := s.Unmount(id, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, s.close())
+	return mounted, errors.Join(errs...)
+}
+
+// Free releases the store without unmounting anything.
+func (s *store) Free() { s.close() }
+
+func backingFS(path string) string {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return "unknown"
+	}
+	best, fstype := "", "unknown"
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		if (path == f[1] || strings.HasPrefix(path, strings.TrimSuffix(f[1], "/")+"/")) && len(f[1]) > len(best) {
+			best, fstype = f[1], f[2]
+		}
+	}
+	return fstype
+}
+
+// Store is the layer part of containers/storage's Store, with the same
+// method names, signatures and meanings.
+type Store interface {
+	RunRoot() string
+	GraphRoot() string
+	GraphDriverName() string
+	GraphOptions() []string
+	TransientStore() bool
+
+	CreateLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions) (*Layer, error)
+	PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions, diff io.Reader) (*Layer, int64, error)
+	ApplyDiff(to string, diff io.Reader) (int64, error)
+	Diff(from, to string, options *DiffOptions) (io.ReadCloser, error)
+	DiffSize(from, to string) (int64, error)
+	Changes(from, to string) ([]Change, error)
+
+	Mount(id, mountLabel string) (string, error)
+	Unmount(id string, force bool) (bool, error)
+	Mounted(id string) (int, error)
+
+	Layer(id string) (*Layer, error)
+	Layers() ([]Layer, error)
+	LayerSize(id string) (int64, error)
+	LayersByCompressedDigest(d digest.Digest) ([]Layer, error)
+	LayersByUncompressedDigest(d digest.Digest) ([]Layer, error)
+
+	ListLayerBigData(id string) ([]string, error)
+	LayerBigData(id, key string) (io.ReadCloser, error)
+	SetLayerBigData(id, key string, data io.Reader) error
+
+	Names(id string) ([]string, error)
+	SetNames(id string, names []string) error
+	AddNames(id string, names []string) error
+	RemoveNames(id string, names []string) error
+	Metadata(id string) (string, error)
+	SetMetadata(id, metadata string) error
+	Exists(id string) bool
+	Lookup(name string) (string, error)
+
+	Delete(id string) error
+	DeleteLayer(id string) error
+	Wipe() error
+
+	Status() ([][2]string, error)
+	Version() ([][2]string, error)
+	Free()
+	Shutdown(force bool) (layers []string, err error)
+}
