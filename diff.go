@@ -140,7 +140,16 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 	if err := w.Truncate(0); err != nil {
 		return nil, fmt.Errorf("record tar-split of layer %s: %w", id, err)
 	}
-	res, err := layerdiff.Apply(s.ctx, upper, diff, layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
+	// The diff as given is spooled aside while it is applied: if the
+	// applied files cannot reproduce it (a sparse file, a whiteout with
+	// content), the original is kept as a blob instead.
+	spool, err := os.CreateTemp("", "cs-diff-")
+	if err != nil {
+		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
+	}
+	os.Remove(spool.Name())
+	defer spool.Close()
+	res, err := layerdiff.Apply(s.ctx, upper, io.TeeReader(diff, spool), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
 	if err != nil {
 		s.cs.Abort(s.ctx, ref)
 		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
@@ -156,6 +165,14 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 	}
 	if !res.Reproducible {
 		s.cs.Abort(s.ctx, ref)
+		if _, err := spool.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+		dgst, err := s.writeBlob("cs.diff."+id, spool, cslabels.BlobRefPrefix+id+".diff")
+		if err != nil {
+			return nil, fmt.Errorf("keep the diff of layer %s (%s): %w", id, res.NotReproducible, err)
+		}
+		labels[cslabels.DiffBlob] = dgst.String()
 		return labels, nil
 	}
 	refLabel := map[string]string{cslabels.BlobRefPrefix + id + ".tar-split": "tar-split"}
@@ -224,9 +241,9 @@ func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
 	if err != nil {
 		return -1, err
 	}
-	old := r.labels[cslabels.TarSplit]
+	old, oldDiff := r.labels[cslabels.TarSplit], r.labels[cslabels.DiffBlob]
 	labels[cslabels.Incomplete] = ""
-	paths := []string{"labels." + cslabels.Incomplete, "labels." + cslabels.TarSplit}
+	paths := []string{"labels." + cslabels.Incomplete, "labels." + cslabels.TarSplit, "labels." + cslabels.DiffBlob}
 	for k := range labels {
 		paths = append(paths, "labels."+k)
 	}
@@ -235,6 +252,9 @@ func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
 	}
 	if old != "" && old != labels[cslabels.TarSplit] {
 		s.releaseBlob(old, r.ID, "tar-split")
+	}
+	if oldDiff != "" && oldDiff != labels[cslabels.DiffBlob] {
+		s.releaseBlob(oldDiff, r.ID, "diff")
 	}
 	return strconv.ParseInt(labels[cslabels.UncompressedSize], 10, 64)
 }
@@ -292,6 +312,19 @@ func (s *store) rawDiff(r *layerRecord) (io.ReadCloser, error) {
 	upper, lowers, release, err := s.layerDirs(r)
 	if err != nil {
 		return nil, err
+	}
+	if d := r.labels[cslabels.DiffBlob]; d != "" {
+		release()
+		ra, err := s.blobReader(digest.Digest(d))
+		if err != nil {
+			return nil, fmt.Errorf("diff blob of layer %s: %w", r.ID, err)
+		}
+		rc, _, err := layerdiff.Decompress(content.NewReader(ra))
+		if err != nil {
+			ra.Close()
+			return nil, fmt.Errorf("diff blob of layer %s: %w", r.ID, err)
+		}
+		return &closers{ReadCloser: rc, after: func() { ra.Close() }}, nil
 	}
 	if ts := r.labels[cslabels.TarSplit]; ts != "" {
 		ra, err := s.blobReader(digest.Digest(ts))

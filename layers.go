@@ -511,6 +511,7 @@ func (s *store) fillAndCommit(id, parentKey string, labels map[string]string, di
 	}
 	if err := s.sn.Commit(s.ctx, id, tmp, snapshots.WithLabels(labels)); err != nil {
 		s.releaseBlob(labels[cslabels.TarSplit], id, "tar-split")
+		s.releaseBlob(labels[cslabels.DiffBlob], id, "diff")
 		return -1, mapErr(fmt.Errorf("commit layer %s: %w", id, err))
 	}
 	committed = true
@@ -666,6 +667,7 @@ func (s *store) DeleteLayer(id string) error {
 		return fmt.Errorf("delete layer %v: %w", r.ID, err)
 	}
 	s.releaseBlob(r.labels[cslabels.TarSplit], r.ID, "tar-split")
+	s.releaseBlob(r.labels[cslabels.DiffBlob], r.ID, "diff")
 	for _, key := range r.BigDataNames {
 		s.releaseBlob(r.labels[cslabels.BigDataPrefix+key], r.ID, "bigdata/"+key)
 	}

@@ -487,6 +487,43 @@ func TestLayers(t *testing.T) {
 	})
 }
 
+// TestDiffOfUnreproducibleLayers: layers whose files cannot reproduce
+// their tar (a sparse file, a whiteout with content) keep the original, so
+// Diff is still bit-exact; deleting the layer releases it.
+func TestDiffOfUnreproducibleLayers(t *testing.T) {
+	sparse, err := os.ReadFile("layerdiff/testdata/sparse-pax.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		for name, diff := range map[string][]byte{
+			"sparse":             sparse,
+			"whiteout with body": layerTar(t, []entry{{hdr: tar.Header{Name: ".wh.x", Typeflag: tar.TypeReg, Mode: 0o644}, body: "body"}}),
+		} {
+			l, _, err := s.PutLayer("", "", nil, "", false, nil, bytes.NewReader(gz(diff)))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			u := Uncompressed
+			rc, err := s.Diff("", l.ID, &DiffOptions{Compression: &u})
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got, _ := io.ReadAll(rc)
+			rc.Close()
+			if sha(got) != sha(diff) || l.UncompressedDigest.String() != sha(diff) {
+				t.Errorf("%s: diff %s, recorded %s, applied %s", name, sha(got), l.UncompressedDigest, sha(diff))
+			}
+			if err := s.DeleteLayer(l.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Info(context.Background(), digest.FromBytes(gz(diff))); err == nil {
+				t.Errorf("%s: kept diff blob outlived its layer", name)
+			}
+		}
+	})
+}
+
 // TestIncompleteRemovedAtOpen: a layer a crash left incomplete is gone the
 // next time the root is opened, and its parent is intact.
 func TestIncompleteRemovedAtOpen(t *testing.T) {

@@ -92,6 +92,10 @@ const (
 	// TarSplit is the digest of the blob holding the layer's tar-split,
 	// set only when it reproduces the applied tar byte for byte.
 	TarSplit = Prefix + "tar-split"
+	// DiffBlob is the digest of the blob holding the diff as it was
+	// applied, kept instead of a tar-split when the applied files cannot
+	// reproduce it (sparse files, whiteouts with content).
+	DiffBlob = Prefix + "diff-blob"
 	// BigDataPrefix + key is the digest of the blob holding big data item key.
 	BigDataPrefix = Prefix + "bigdata."
 	// Incomplete marks the active snapshot of a layer still being filled;
