@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	storage "github.com/cs-snapshotter/cs-snapshotter"
+	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
+)
+
+func storeTar(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// TestStoreAndContainerd: the store, opened on the root a running daemon
+// serves, sees containerd's unpacked layers (and diffs them from their
+// files), and the layers and blobs it makes itself survive containerd's
+// garbage collection, which removes everything containerd does not know.
+func TestStoreAndContainerd(t *testing.T) {
+	if baseline {
+		t.Skip("the store needs cs-snapshotter")
+	}
+	e := NewEnv(t)
+	e.ImportImage(imageArchive)
+
+	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(true)
+
+	// containerd's layers are the store's too: named by their keys, and
+	// Diff computes them from the files (containerd's unpacker keeps no
+	// tar-split).
+	chain := image.ChainIDs()
+	baseKey := ""
+	layers, err := s.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		for _, n := range l.Names {
+			if strings.HasSuffix(n, "/"+chain[0].String()) {
+				baseKey = n
+			}
+		}
+	}
+	if baseKey == "" {
+		t.Fatalf("the store does not list containerd's base layer %s among %v", chain[0], layers)
+	}
+	rc, err := s.Diff("", baseKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := ""
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("diff of containerd's layer: %v", err)
+		}
+		if "/"+strings.TrimPrefix(h.Name, "/") == imagebuild.HelloPath {
+			b, _ := io.ReadAll(tr)
+			found = string(b)
+		}
+	}
+	rc.Close()
+	if found != imagebuild.HelloText {
+		t.Errorf("diff of containerd's base layer: %s holds %q, want %q", imagebuild.HelloPath, found, imagebuild.HelloText)
+	}
+
+	// Layers of the store's own, with a tar-split and big data.
+	tarball := storeTar(t, map[string]string{"etc/store.txt": "made by the store\n"})
+	owned, _, err := s.PutLayer("", "", []string{"store-base"}, "", false, nil, bytes.NewReader(tarball))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLayerBigData(owned.ID, "note", strings.NewReader("kept")); err != nil {
+		t.Fatal(err)
+	}
+	child, err := s.CreateLayer("", owned.ID, []string{"store-child"}, "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// containerd's GC runs when the image goes; it tries to remove the
+	// store's snapshots, the daemon refuses (containerd logs a warning per
+	// snapshot, expected here) and keeps the store's blobs.
+	for _, id := range []string{owned.ID, child.ID} {
+		e.ExpectContainerdLog("failed to remove snapshot", id, "held by the cs store")
+	}
+	e.MustCtr("images", "rm", "--sync", imageName)
+	// containerd did try: the refusal is in its log.
+	if log, _ := os.ReadFile(e.CtrdLog); !bytes.Contains(log, []byte(owned.ID)) {
+		t.Errorf("containerd's GC never tried to remove the store's layer %s; the test proves nothing", owned.ID)
+	}
+	client := e.DialDaemon()
+	snaps := client.Snapshots(t)
+	for _, c := range chain {
+		if _, ok := chainSnapshot(snaps, c); ok {
+			t.Errorf("containerd's GC left the image's snapshot %s", c)
+		}
+	}
+	for _, id := range []string{owned.ID, child.ID} {
+		if _, ok := snaps[id]; !ok {
+			t.Errorf("containerd's GC removed the store's layer %s", id)
+		}
+	}
+	u := storage.Uncompressed
+	rc, err = s.Diff("", owned.ID, &storage.DiffOptions{Compression: &u})
+	if err != nil {
+		t.Fatalf("diff after GC: %v", err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if digest.FromBytes(got) != digest.FromBytes(tarball) {
+		t.Error("the store's layer no longer reproduces its diff after containerd's GC (tar-split lost?)")
+	}
+	bd, err := s.LayerBigData(owned.ID, "note")
+	if err != nil {
+		t.Fatalf("big data after GC: %v", err)
+	}
+	b, _ := io.ReadAll(bd)
+	bd.Close()
+	if string(b) != "kept" {
+		t.Errorf("big data after GC: %q", b)
+	}
+	if names, _ := s.Names(child.ID); len(names) != 1 || names[0] != "store-child" {
+		t.Errorf("names after GC: %v", names)
+	}
+
+	// The store lets go; nothing of it remains.
+	if err := s.Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	for key := range client.Snapshots(t) {
+		if key == owned.ID || key == child.ID || strings.HasPrefix(key, "cs.") {
+			t.Errorf("after wipe the daemon still has %s", key)
+		}
+	}
+}
