@@ -24,8 +24,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
-	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
