@@ -576,3 +576,37 @@ func TestEmbeddedExclusive(t *testing.T) {
 func mountedAt(p string) (bool, error) {
 	return isMountPoint(p), nil
 }
+
+// TestNameRaceThroughStores: clients racing to create layers with one name:
+// exactly one wins, the rest get ErrDuplicateName, nothing half-made stays.
+func TestNameRaceThroughStores(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		const clients = 16
+		errs := make(chan error, clients)
+		for i := 0; i < clients; i++ {
+			go func() {
+				_, err := s.CreateLayer("", "", []string{"contested"}, "", false, nil)
+				errs <- err
+			}()
+		}
+		wins := 0
+		for i := 0; i < clients; i++ {
+			switch err := <-errs; {
+			case err == nil:
+				wins++
+			case !errors.Is(err, ErrDuplicateName):
+				t.Errorf("unexpected error: %v", err)
+			}
+		}
+		layers, _ := s.Layers()
+		if wins != 1 || len(layers) != 1 {
+			t.Errorf("%d winners, %d layers", wins, len(layers))
+		}
+		sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+			if strings.HasPrefix(info.Name, "cs.") {
+				t.Errorf("leftover snapshot %s", info.Name)
+			}
+			return nil
+		})
+	})
+}
