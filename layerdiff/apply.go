@@ -77,16 +77,26 @@ type ApplyResult struct {
 // decompression, then uncompressed digest and tar-split recording — and
 // extracts it into dir as an overlay upper directory: ".wh.name" whiteouts
 // become 0/0 character devices, ".wh..wh..opq" the trusted.overlay.opaque=y
-// xattr of its directory. Extraction is containerd's archive.Apply, which
-// keeps every entry inside dir: ".." and absolute names, symlinks (absolute
-// ones are taken relative to dir) and hard link targets all resolve within
-// it. Whatever follows the tar's end-of-archive marker is read too, so that
+// xattr of its directory. Extraction is containerd's archive.Apply.
+//
+// Entries that would land outside dir are refused with an error wrapping
+// ErrEscape and naming the entry, as containers/storage refuses them: a
+// name or hard link target that leaves dir once cleaned ("../x",
+// "a/../../x"), and an entry or hard link target whose parent path goes
+// through a symlink leading outside dir (an absolute one, or one with too
+// many ".."), whether an earlier entry of the layer made it, dir already
+// held it or a lower directory in Parents does. Absolute names and hard
+// link targets are taken relative to dir ("/etc/x" is "etc/x"), as
+// containers/storage does. Symlink entries are never refused for their
+// target (absolute targets are normal), nor writes through symlinks that
+// stay inside dir. containerd's containment (every path resolved within
+// dir) remains behind this check. Whatever follows the tar's end-of-archive marker is read too, so that
 // digests, sizes and tar-split cover every byte.
 //
 // Errors name the problem and the tar entry: a corrupt or truncated
 // (ErrTruncated) compressed stream or tar, a layer over MaxUncompressed
-// (ErrTooLarge), an owner out of range, an old GNU sparse file, a hard link
-// to nothing in dir, and, when recording a tar-split, two entries for the
+// (ErrTooLarge), an entry escaping dir (ErrEscape), an owner out of range,
+// an old GNU sparse file, a hard link to nothing in dir, and, when recording a tar-split, two entries for the
 // same path (tar-split's storage.ErrDuplicatePath), which containers/storage
 // refuses too. On error dir is left partly written and TarSplit holds an
 // incomplete record; the caller is expected to discard both. Cancelling ctx
@@ -146,6 +156,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 
 	v := &vetter{
 		root:  root,
+		esc:   escapeChecker{root: root, lowers: opts.Parents},
 		max:   opts.MaxUncompressed,
 		track: opts.TarSplit != nil,
 		uids:  map[uint32]struct{}{},
@@ -252,6 +263,7 @@ const maxID = math.MaxUint32 - 1
 // extracting goroutine, just before the entry is written.
 type vetter struct {
 	root       string
+	esc        escapeChecker
 	max        int64
 	declared   int64 // sizes regular files declare, for max
 	uids, gids map[uint32]struct{}
@@ -288,6 +300,11 @@ func (v *vetter) filter(hdr *tar.Header) (bool, error) {
 		// Not a file. archive.Apply would still resolve its name and
 		// remove whatever is there.
 		return false, nil
+	}
+	// Refused before anything is written for the entry; archive.Apply's
+	// own containment stays behind it.
+	if err := v.esc.check(hdr); err != nil {
+		return false, err
 	}
 	if hdr.Typeflag == tar.TypeGNUSparse {
 		// archive.Apply would fail with "unhandled tar header type 83".

@@ -7,7 +7,11 @@
 //     (gzip, zstd, bzip2, xz or none), uncompressed digest, tar-split
 //     recording — and extracts it with containerd's archive.Apply into an
 //     overlay upper directory, whiteouts in overlay form. It reports the
-//     digests, sizes and owner sets containers/storage records.
+//     digests, sizes and owner sets containers/storage records. Entries
+//     that would land outside the directory (names or hard link targets
+//     with "..", writes through symlinks that lead out, in the layer, the
+//     upper directory or the lowers) are refused with ErrEscape, as
+//     containers/storage refuses them, rather than contained.
 //   - Reassemble rebuilds the uncompressed tar from the tar-split and the
 //     extracted files, byte for byte: its digest is the UncompressedDigest.
 //   - WriteDiff writes the changes of an upper directory over its lowers as

@@ -3,6 +3,7 @@ package layerdiff
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/continuity/fs"
 	"github.com/klauspost/compress/gzip"
 	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sys/unix"
@@ -19,112 +21,232 @@ import (
 // would create; unique per run so that a leftover cannot hide a bug.
 var hostProbe = fmt.Sprintf("/tmp/layerdiff-escape-%d", os.Getpid())
 
-// TestApplyContainsEscapes: names with "..", absolute names, writes through
-// symlinks to "/" or above the root all land inside dir, and the layer still
-// reassembles exactly.
-func TestApplyContainsEscapes(t *testing.T) {
-	requireRoot(t)
-	probe := strings.TrimPrefix(hostProbe, "/")
-	data := buildTar(t, []entry{
-		fileE("../escape1", "dotdot"),
-		fileE("/abs/../../escape2", "absolute"),
-		dirE("a/"),
-		fileE("a/../../../escape3", "deep dotdot"),
-		symlinkE("root", "/"),
-		fileE("root/"+probe, "through an absolute symlink"),
-		symlinkE("up", "../../.."),
-		fileE("up/escape4", "through a relative symlink"),
-		symlinkE("a/up2", "../../../../tmp"),
-		fileE("a/up2/escape5", "through a nested relative symlink"),
-		hardlinkE("hl", "../escape1"),
-		hardlinkE("hl2", "root/escape2"),
-		fileE("../.wh.escape6", ""), // a whiteout above the root
-		fileE("root/.wh..wh..opq", ""),
-	}, nil)
-	sandbox, dir := layerDir(t)
-	a, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{TarSplit: &bytes.Buffer{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !a.Reproducible {
-		t.Errorf("not reproducible: %s", a.NotReproducible)
-	}
-	assertNothingEscaped(t, sandbox)
-
-	for name, want := range map[string]string{
-		"escape1":     "dotdot",
-		"escape2":     "absolute",
-		"escape3":     "deep dotdot",
-		probe:         "through an absolute symlink",
-		"escape4":     "through a relative symlink",
-		"tmp/escape5": "through a nested relative symlink",
-		"hl":          "dotdot",
-		"hl2":         "absolute",
-	} {
-		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
-			t.Errorf("%s = %q %v, want %q", name, got, err, want)
-		}
-	}
-	if st := lstat(t, filepath.Join(dir, "escape6")); st.Mode&unix.S_IFMT != unix.S_IFCHR {
-		t.Errorf("escape6 whiteout: mode %#o", st.Mode)
-	}
-	if v, ok := getxattr(t, dir, "trusted.overlay.opaque"); !ok || v != "y" {
-		t.Errorf("opaque marker through root symlink: %q %v, want the layer root opaque", v, ok)
-	}
-
-	// And it reassembles: the payloads are read where they were written.
-	var ts bytes.Buffer
-	_, dir2 := layerDir(t)
-	res, err := Apply(context.Background(), dir2, bytes.NewReader(data), ApplyOptions{TarSplit: &ts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := reassemble(t, dir2, ts.Bytes())
-	if err != nil || !bytes.Equal(got, data) || sha(got) != res.UncompressedDigest {
-		t.Errorf("reassembly: %v, equal %v", err, bytes.Equal(got, data))
-	}
-}
-
-// TestApplyRefusesEscapes: what cannot be contained fails, with nothing
-// written outside.
+// TestApplyRefusesEscapes: every entry that would land outside dir if
+// extracted naively — what containerd's archive.Apply would have had to
+// contain — fails with ErrEscape, naming the entry, before it is written.
 func TestApplyRefusesEscapes(t *testing.T) {
 	requireRoot(t)
+	probe := strings.TrimPrefix(hostProbe, "/")
 	for _, tc := range []struct {
 		name    string
 		entries []entry
-		want    []string
+		entry   string // the entry the error names, as archive.Apply cleaned it
+		want    string // and what it says
 	}{
-		{"hard link above the root", []entry{hardlinkE("hl", "../../outside")}, []string{`"hl"`, "outside"}},
-		{"hard link to the host", []entry{hardlinkE("hl", "/etc/passwd")}, []string{`"hl"`, "passwd"}},
-		{"hard link through a symlink", []entry{symlinkE("s", "/"), hardlinkE("hl", "s/etc/passwd")}, []string{`"hl"`}},
-		{"whiteout of a parent", []entry{dirE("d/"), fileE("d/.wh..", "")}, []string{"whiteout"}},
+		{"dotdot", []entry{fileE("../escape1", "dotdot")}, "../escape1", "name"},
+		{"dotdot alone", []entry{dirE("../")}, "..", "name"},
+		{"deep dotdot", []entry{dirE("a/"), fileE("a/../../escape3", "deep")}, "../escape3", "name"},
+		{"whiteout above the root", []entry{fileE("../.wh.escape6", "")}, "../.wh.escape6", "name"},
+		{"through an absolute symlink", []entry{
+			symlinkE("root", "/"), fileE("root/"+probe, "x"),
+		}, "root/" + probe, `symlink "root" -> "/"`},
+		{"through an absolute symlink to a directory", []entry{
+			symlinkE("tmp", "/tmp"), fileE("tmp/escape5", "x"),
+		}, "tmp/escape5", "absolute"},
+		{"through a relative symlink", []entry{
+			symlinkE("up", "../../.."), fileE("up/escape4", "x"),
+		}, "up/escape4", `symlink "up" -> "../../.."`},
+		{"through a nested relative symlink", []entry{
+			dirE("a/"), symlinkE("a/up2", "../../../../tmp"), fileE("a/up2/escape5", "x"),
+		}, "a/up2/escape5", `"a/up2"`},
+		{"through a chain of symlinks", []entry{
+			dirE("d/"), symlinkE("d/l1", "l2"), symlinkE("d/l2", "../l3"), symlinkE("l3", ".."),
+			fileE("d/l1/escape4", "x"),
+		}, "d/l1/escape4", `symlink "l3" -> ".."`},
+		{"through a symlink deeper in the path", []entry{
+			symlinkE("root", "/"), fileE("root/tmp/escape5", "x"),
+		}, "root/tmp/escape5", "root"},
+		{"directory through a symlink", []entry{symlinkE("root", "/"), dirE("root/escape1/")}, "root/escape1", "parent"},
+		{"symlink through a symlink", []entry{symlinkE("up", ".."), symlinkE("up/escape1", "/")}, "up/escape1", "parent"},
+		{"whiteout through a symlink", []entry{symlinkE("root", "/"), fileE("root/.wh.escape1", "")}, "root/.wh.escape1", "parent"},
+		{"opaque marker through a symlink", []entry{symlinkE("root", "/"), fileE("root/.wh..wh..opq", "")}, "root/.wh..wh..opq", "parent"},
+		{"symlink replaced by one that escapes", []entry{
+			// The second symlink replaces the first under another name
+			// (tar-split refuses two entries with one name).
+			dirE("d/"), symlinkE("l", "d"), fileE("l/ok", "inside"), symlinkE("self", "."),
+			symlinkE("self/l", "/"), fileE("l/escape1", "x"),
+		}, "l/escape1", "absolute"},
+		{"hard link above the root", []entry{hardlinkE("hl", "../../outside")}, "hl", "hard link target"},
+		{"hard link with dotdot inside", []entry{dirE("a/"), hardlinkE("hl", "a/../../outside")}, "hl", "hard link target"},
+		{"hard link through a symlink", []entry{symlinkE("s", "/"), hardlinkE("hl", "s/etc/passwd")}, "hl", `symlink "s" -> "/"`},
+		{"hard link through a relative symlink", []entry{symlinkE("s", ".."), hardlinkE("hl", "s/outside")}, "hl", "hard link target"},
+		{"hard link target dotdot after a symlink", []entry{
+			dirE("d/"), symlinkE("s", "d"), hardlinkE("hl", "s/../../outside"),
+		}, "hl", "hard link target"},
+		{"hard link through a symlink, absolute", []entry{
+			dirE("etc/"), symlinkE("etc/up", "../.."), hardlinkE("hl", "/etc/up/outside"),
+		}, "hl", `"etc/up" -> "../.."`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sandbox, dir := layerDir(t)
-			outside := filepath.Join(sandbox, "outside")
-			if err := os.WriteFile(outside, []byte("outside"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			var passwd unix.Stat_t
-			if err := unix.Stat("/etc/passwd", &passwd); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Apply(context.Background(), dir, bytes.NewReader(buildTar(t, tc.entries, nil)), ApplyOptions{TarSplit: &bytes.Buffer{}})
+			_, err := applyHostile(t, sandbox, dir, buildTar(t, tc.entries, nil), nil)
 			t.Logf("error: %v", err)
-			if !errContains(err, tc.want...) {
-				t.Errorf("error %v, want one mentioning %q", err, tc.want)
+			if !errors.Is(err, ErrEscape) || !errContains(err, fmt.Sprintf("entry %q", tc.entry), tc.want) {
+				t.Errorf("error %v, want ErrEscape naming entry %q and %q", err, tc.entry, tc.want)
 			}
-			if st := lstat(t, outside); st.Nlink != 1 {
-				t.Errorf("%s has %d links", outside, st.Nlink)
-			}
-			if st := lstat(t, "/etc/passwd"); st.Nlink != passwd.Nlink {
-				t.Errorf("/etc/passwd has %d links, had %d", st.Nlink, passwd.Nlink)
-			}
-			if err := os.Remove(outside); err != nil {
-				t.Fatal(err)
-			}
-			assertNothingEscaped(t, sandbox)
 		})
+	}
+}
+
+// applyHostile applies data to dir with a tar-split, with a file "outside"
+// next to dir (for hard links to aim at), and checks that nothing outside
+// dir was created or linked to.
+func applyHostile(t *testing.T, sandbox, dir string, data []byte, parents []string) (ApplyResult, error) {
+	t.Helper()
+	outside := filepath.Join(sandbox, "outside")
+	if err := os.WriteFile(outside, []byte("outside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var passwd unix.Stat_t
+	if err := unix.Stat("/etc/passwd", &passwd); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{TarSplit: &bytes.Buffer{}, Parents: parents})
+	if st := lstat(t, outside); st.Nlink != 1 {
+		t.Errorf("%s has %d links", outside, st.Nlink)
+	}
+	if got, _ := os.ReadFile(outside); string(got) != "outside" {
+		t.Errorf("%s = %q", outside, got)
+	}
+	if st := lstat(t, "/etc/passwd"); st.Nlink != passwd.Nlink {
+		t.Errorf("/etc/passwd has %d links, had %d", st.Nlink, passwd.Nlink)
+	}
+	if err := os.Remove(outside); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingEscaped(t, sandbox)
+	return res, err
+}
+
+// TestApplyRefusesEscapesThroughExisting: symlinks the upper directory
+// already holds, or the lower directories do, count as the layer's own.
+func TestApplyRefusesEscapesThroughExisting(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name         string
+		upper, lower []entry // applied first, without checks of their own
+		entries      []entry
+		entry, want  string // "" if the layer applies
+	}{
+		{"symlink in the upper dir", []entry{symlinkE("pre", "/")}, nil,
+			[]entry{fileE("pre/escape1", "x")}, "pre/escape1", `symlink "pre" -> "/"`},
+		{"symlink in a lower dir", nil, []entry{symlinkE("lib", "/tmp")},
+			[]entry{fileE("lib/escape5", "x")}, "lib/escape5", "in lower"},
+		{"relative symlink in a lower dir", nil, []entry{dirE("usr/"), symlinkE("usr/lib", "../../../..")},
+			[]entry{fileE("usr/lib/escape1", "x")}, "usr/lib/escape1", `symlink "usr/lib" -> "../../../.." (in lower`},
+		{"symlink in a lower dir merged under an upper dir", []entry{dirE("usr/")}, []entry{dirE("usr/"), symlinkE("usr/l", "/")},
+			[]entry{fileE("usr/l/escape1", "x")}, "usr/l/escape1", "in lower"},
+		{"hard link through a lower symlink", nil, []entry{symlinkE("s", "/")},
+			[]entry{hardlinkE("hl", "s/etc/passwd")}, "hl", "in lower"},
+		// What overlay would not show of a lower symlink is not followed.
+		{"lower symlink under an upper directory", []entry{dirE("lib/")}, []entry{symlinkE("lib", "/tmp")},
+			[]entry{fileE("lib/inside", "x")}, "", ""},
+		{"lower symlink replaced by the layer", nil, []entry{symlinkE("lib", "/tmp")},
+			[]entry{dirE("lib/"), fileE("lib/inside", "x")}, "", ""},
+		{"lower symlink under an opaque directory", []entry{dirE("usr/"), fileE("usr/.wh..wh..opq", "")}, []entry{dirE("usr/"), symlinkE("usr/l", "/")},
+			[]entry{fileE("usr/l/inside", "x")}, "", ""},
+		{"lower symlink inside the root", nil, []entry{dirE("usr/"), dirE("usr/lib/"), symlinkE("lib", "usr/lib")},
+			[]entry{fileE("lib/inside", "x")}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sandbox, dir := layerDir(t)
+			lower := t.TempDir()
+			for _, pre := range []struct {
+				dir     string
+				entries []entry
+			}{{dir, tc.upper}, {lower, tc.lower}} {
+				if len(pre.entries) == 0 {
+					continue
+				}
+				if _, err := Apply(context.Background(), pre.dir, bytes.NewReader(buildTar(t, pre.entries, nil)), ApplyOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			data := buildTar(t, tc.entries, nil)
+			res, err := applyHostile(t, sandbox, dir, data, []string{lower})
+			t.Logf("error: %v", err)
+			if tc.entry == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !res.Reproducible {
+					t.Errorf("not reproducible: %s", res.NotReproducible)
+				}
+				return
+			}
+			if !errors.Is(err, ErrEscape) || !errContains(err, fmt.Sprintf("entry %q", tc.entry), tc.want) {
+				t.Errorf("error %v, want ErrEscape naming entry %q and %q", err, tc.entry, tc.want)
+			}
+		})
+	}
+}
+
+// TestApplyAllowsWhatStaysInside: absolute symlink targets, "./" prefixes,
+// ".." that stays inside, absolute names and hard link targets (taken
+// relative to the root, as containers/storage does), symlinks that escape
+// but are not written through, and writes through symlinks that stay inside
+// all apply and reassemble bit for bit.
+func TestApplyAllowsWhatStaysInside(t *testing.T) {
+	requireRoot(t)
+	data := buildTar(t, []entry{
+		dirE("./"),
+		dirE("./bin/"),
+		fileE("./bin/busybox", "busybox"),
+		symlinkE("./bin/sh", "/bin/busybox"),
+		dirE("./etc/"),
+		fileE("./etc/hosts", "hosts"),
+		symlinkE("etc/abs", "/etc/hosts"),
+		symlinkE("root", "/"),
+		symlinkE("up", "../../.."),
+		symlinkE("etc/dangling", "/nowhere"),
+		dirE("a/"),
+		dirE("a/b/"),
+		fileE("a/b/../c", "dotdot inside"),
+		fileE("a/b/./d", "dot inside"),
+		fileE("/abs/name", "absolute name"),
+		fileE("/x/../../rooted", "absolute name with dotdot"),
+		hardlinkE("hl-abs", "/etc/hosts"),
+		hardlinkE("hl-dotdot", "a/b/../c"),
+		hardlinkE("hl-rooted", "/../etc/hosts"),
+		dirE("usr/"),
+		dirE("usr/lib/"),
+		symlinkE("lib", "usr/lib"),
+		fileE("lib/through", "through an inside symlink"),
+		symlinkE("a/b/top", "../.."),
+		fileE("a/b/top/via-top", "through a symlink to the root"),
+		hardlinkE("hl-through", "lib/through"),
+		symlinkE("dirlink", "a"),
+		fileE("a/after", "not through the link"),
+	}, nil)
+	sandbox, _ := layerDir(t)
+	a := checkRoundTrip(t, data, data, Uncompressed)
+	assertNothingEscaped(t, sandbox)
+	for name, want := range map[string]string{
+		"bin/sh":          "busybox",
+		"a/c":             "dotdot inside",
+		"a/b/d":           "dot inside",
+		"abs/name":        "absolute name",
+		"rooted":          "absolute name with dotdot",
+		"hl-abs":          "hosts",
+		"hl-dotdot":       "dotdot inside",
+		"hl-rooted":       "hosts",
+		"usr/lib/through": "through an inside symlink",
+		"via-top":         "through a symlink to the root",
+		"hl-through":      "through an inside symlink",
+		"dirlink/after":   "not through the link",
+	} {
+		p, err := fs.RootPath(a.dir, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(p); err != nil || string(got) != want {
+			t.Errorf("%s = %q %v, want %q", name, got, err, want)
+		}
+	}
+	for name, want := range map[string]string{"bin/sh": "/bin/busybox", "root": "/", "up": "../../..", "lib": "usr/lib"} {
+		if got, err := os.Readlink(filepath.Join(a.dir, name)); err != nil || got != want {
+			t.Errorf("%s -> %q %v, want %q", name, got, err, want)
+		}
 	}
 }
 
@@ -141,7 +263,7 @@ func TestApplyReplacesSymlinkNotTarget(t *testing.T) {
 		symlinkE("link", victim),
 		fileE("link", "overwritten"), // a duplicate: only without tar-split
 		symlinkE("dirlink", sandbox),
-		fileE("dirlink/victim", "overwritten"),
+		fileE("dirlink", "replaced"),
 	}, nil)
 	if _, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{}); err != nil {
 		t.Fatal(err)
@@ -152,8 +274,17 @@ func TestApplyReplacesSymlinkNotTarget(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dir, "link")); string(got) != "overwritten" {
 		t.Errorf("link = %q", got)
 	}
-	if got, _ := os.ReadFile(filepath.Join(dir, sandbox, "victim")); string(got) != "overwritten" {
-		t.Errorf("dirlink/victim did not land in the layer: %q", got)
+	if got, _ := os.ReadFile(filepath.Join(dir, "dirlink")); string(got) != "replaced" {
+		t.Errorf("dirlink = %q", got)
+	}
+	// Writing through it is refused.
+	data = buildTar(t, []entry{symlinkE("dirlink", sandbox), fileE("dirlink/victim", "overwritten")}, nil)
+	_, dir2 := layerDir(t)
+	if _, err := Apply(context.Background(), dir2, bytes.NewReader(data), ApplyOptions{}); !errors.Is(err, ErrEscape) || !errContains(err, `"dirlink/victim"`) {
+		t.Errorf("through dirlink: %v", err)
+	}
+	if got, _ := os.ReadFile(victim); string(got) != "original" {
+		t.Errorf("victim = %q", got)
 	}
 }
 
