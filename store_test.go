@@ -24,6 +24,7 @@ import (
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
 )
 
 func requireRoot(t *testing.T) {
@@ -278,10 +279,24 @@ func TestLayers(t *testing.T) {
 					return err
 				},
 				"delete parent": func() error { return s.DeleteLayer(base.ID) },
+				"escaping entry": func() error {
+					_, _, err := s.PutLayer("", base.ID, []string{"evil"}, "", false, nil, bytes.NewReader(layerTar(t, []entry{
+						{hdr: tar.Header{Name: "etc/sym-out", Typeflag: tar.TypeSymlink, Linkname: "/"}},
+						{hdr: tar.Header{Name: "etc/sym-out/tmp/owned", Typeflag: tar.TypeReg, Mode: 0o644}, body: "x"},
+					})))
+					return err
+				},
+				"hard link escape": func() error {
+					_, _, err := s.PutLayer("", "", nil, "", false, nil, bytes.NewReader(layerTar(t, []entry{
+						{hdr: tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "../../../../etc/passwd"}},
+					})))
+					return err
+				},
 				"bad id":        func() error { _, err := s.CreateLayer("cs.x", "", nil, "", false, nil); return err },
 			} {
 				want := map[string]error{"duplicate name": ErrDuplicateName, "duplicate id": ErrDuplicateID,
-					"unknown parent": ErrLayerUnknown, "delete parent": ErrLayerHasChildren, "bad id": ErrNotSupported}[name]
+					"unknown parent": ErrLayerUnknown, "delete parent": ErrLayerHasChildren, "bad id": ErrNotSupported,
+					"escaping entry": layerdiff.ErrEscape, "hard link escape": layerdiff.ErrEscape}[name]
 				err := call()
 				if err == nil || (want != nil && !errors.Is(err, want)) {
 					t.Errorf("%s: %v, want %v", name, err, want)
