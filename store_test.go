@@ -292,7 +292,7 @@ func TestLayers(t *testing.T) {
 					})))
 					return err
 				},
-				"bad id":        func() error { _, err := s.CreateLayer("cs.x", "", nil, "", false, nil); return err },
+				"bad id": func() error { _, err := s.CreateLayer("cs.x", "", nil, "", false, nil); return err },
 			} {
 				want := map[string]error{"duplicate name": ErrDuplicateName, "duplicate id": ErrDuplicateID,
 					"unknown parent": ErrLayerUnknown, "delete parent": ErrLayerHasChildren, "bad id": ErrNotSupported,
