@@ -35,6 +35,13 @@ func (r result) String() string {
 	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 }
 
+// with returns s for subtest t.
+func (s *cliStore) with(t *testing.T) *cliStore {
+	c := *s
+	c.t = t
+	return &c
+}
+
 func newCLIStore(t *testing.T) *cliStore {
 	d := t.TempDir()
 	return &cliStore{t: t, graph: filepath.Join(d, "graph"), run: filepath.Join(d, "run")}
@@ -313,6 +320,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	s.expect(0, "", "applydiff", "-f", topFile, "top")
 
 	t.Run("layers", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, fmt.Sprintf("%s\n\tname: empty\n\tname: vacant\n%s\n\tname: base\n%s\n\tname: top\n", empty, base, top), "layers")
 		s.expect(0, fmt.Sprintf("%s\n%s\n%s\n", empty, base, top), "layers", "-q")
 		s.expect(0, fmt.Sprintf("%s\n%s\n%s\n", empty, base, top), "layers", "--quick")
@@ -345,6 +353,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("layer", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, fmt.Sprintf("ID: %s\nParent: %s\nName: top\n", top, base), "layer", "top")
 		s.expect(0, fmt.Sprintf("ID: %s\nName: empty\nName: vacant\nID: %s\nParent: %s\nName: base\n", empty, base, empty), "layer", "vacant", base[:12])
 		var ls []jsonLayer
@@ -360,6 +369,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("diff", func(t *testing.T) {
+		s := s.with(t)
 		// The applied tars come back byte for byte.
 		if out := s.ok("diff", "-u", "top"); sha([]byte(out)) != sha(top1) {
 			t.Errorf("diff -u top: %d bytes %s, want %d bytes %s", len(out), sha([]byte(out)), len(top1), sha(top1))
@@ -412,6 +422,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("names", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, "empty\nvacant\n", "get-names", "empty")
 		s.expect(0, "[\"empty\",\"vacant\"]\n", "getnames", "-j", empty)
 		s.expect(0, "", "add-names", "-n", "extra", "--name", "more", "empty")
@@ -434,6 +445,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("metadata", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, "", "set-metadata", "-m", "hello world", "top")
 		s.expect(0, "top: hello world\n", "metadata", "top")
 		s.expect(0, "hello world\n", "metadata", "-q", "top")
@@ -447,6 +459,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("layer data", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, "", "list-layer-data", "top")
 		s.expect(0, "null\n", "list-layer-data", "-j", "top") // as containers-storage
 		r := s.cs([]byte("data one"), "set-layer-data", "top", "key1")
@@ -474,6 +487,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("mount", func(t *testing.T) {
+		s := s.with(t)
 		mp := strings.TrimSuffix(s.ok("mount", "top"), "\n")
 		if !filepath.IsAbs(mp) {
 			t.Fatalf("mount top: %q is not a path", mp)
@@ -524,6 +538,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("exists", func(t *testing.T) {
+		s := s.with(t)
 		s.expect(0, "base: true\n", "exists", "base")
 		s.expect(0, "", "exists", "-q", base)
 		s.expect(1, "base: true\nnope: false\n", "exists", "base", "nope")
@@ -535,6 +550,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("status and version", func(t *testing.T) {
+		s := s.with(t)
 		r := s.expect(0, "", "status")
 		prefix := fmt.Sprintf("Root: %s\nRun Root: %s\nDriver Name: overlay\nDriver Options: []\n", s.graph, s.run)
 		if !strings.HasPrefix(r.stderr, prefix) {
@@ -560,6 +576,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("bad input", func(t *testing.T) {
+		s := s.with(t)
 		s.fails(nil, "that name is already in use", "create-layer", "-n", "top")
 		s.fails(nil, "that ID is already in use", "create-layer", "-i", top)
 		s.fails(nil, "layer not known", "create-layer", "-n", "orphan", "nope")
@@ -587,6 +604,14 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 		s.fails(nil, "layer not known", "changes", "nope")
 		s.fails(nil, `storage driver "vfs" is not supported`, "-s", "vfs", "layers")
 		s.fails(nil, `storage driver "btrfs" is not supported`, "layers", "--storage-driver=btrfs")
+		before := s.ok("layers")
+		os.Setenv("STORAGE_DRIVER", "vfs")
+		if r := s.cs(nil, "layers"); r.code != 1 || !strings.Contains(r.stderr, `storage driver "vfs" is not supported`) {
+			t.Errorf("STORAGE_DRIVER=vfs layers: %s", r)
+		}
+		r := s.cs(nil, "layers", "-s", "overlay") // the flag wins
+		os.Unsetenv("STORAGE_DRIVER")
+		s.want(r, 0, before, "STORAGE_DRIVER=vfs layers -s overlay")
 		s.fails(nil, "bogus: unrecognized command", "bogus")
 		s.fails(nil, "layers: flag provided but not defined: --bogus", "layers", "--bogus")
 		s.fails(nil, "layer: more arguments required", "layer")
@@ -604,6 +629,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("delete", func(t *testing.T) {
+		s := s.with(t)
 		r := s.fails(nil, "layer has children", "delete-layer", "base")
 		if !strings.HasPrefix(r.stderr, "cs-snapshotter: base: ") {
 			t.Errorf("delete-layer base: stderr %q does not name base", r.stderr)
@@ -623,6 +649,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 	})
 
 	t.Run("wipe and shutdown", func(t *testing.T) {
+		s := s.with(t)
 		a := createdID(t, s.ok("create-layer", "-r"))
 		s.ok("create-layer", "-n", "child", a)
 		s.expect(0, "", "wipe")

@@ -42,8 +42,8 @@ func (g *globalOptions) register(fs *flagSet) {
 	fs.stringVar(&g.run, []string{"--run", "-R"}, "Root of the runtime state tree")
 	fs.stringVar(&g.graph, []string{"--graph", "-g"}, "Root of the storage tree")
 	fs.boolVar(&g.transient, []string{"--transient-store"}, "Transient store")
-	fs.stringVar(&g.driver, []string{"--storage-driver", "-s"}, "Storage driver to use (only overlay)")
-	fs.listVar(&g.storageOpts, []string{"--storage-opt"}, "Set storage driver options")
+	fs.stringVar(&g.driver, []string{"--storage-driver", "-s"}, "Storage driver to use: overlay ($STORAGE_DRIVER)")
+	fs.listVar(&g.storageOpts, []string{"--storage-opt"}, "Set storage driver options ($STORAGE_OPTS)")
 	fs.boolVar(&g.debug, []string{"--debug", "-D"}, "Print debugging information")
 }
 
@@ -256,6 +256,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if cmd.maxArgs >= 0 && len(args) > cmd.maxArgs {
 		errorf(stderr, "%s: too many arguments (%s) (usage: %s %s %s)", name, strings.Join(args, " "), progName, name, cmd.optionsHelp)
 		return 1
+	}
+	// As containers-storage's defaults: $STORAGE_DRIVER and $STORAGE_OPTS
+	// (comma-separated) stand in for flags not given.
+	if env := os.Getenv("STORAGE_DRIVER"); env != "" && !global.isSet("--storage-driver") && !fs.isSet("--storage-driver") {
+		g.driver = env
+	}
+	if env := os.Getenv("STORAGE_OPTS"); env != "" && len(g.storageOpts) == 0 {
+		g.storageOpts = strings.Split(env, ",")
 	}
 	if err := checkDriver(g.driver); err != nil {
 		errorf(stderr, "%v", err)
