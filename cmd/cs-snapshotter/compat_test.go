@@ -262,6 +262,8 @@ func TestCompatContainersStorage(t *testing.T) {
 		{args: []string{"delete", "e1"}, compare: "exact"},
 		{args: []string{"layers"}, compare: "exact"},
 		{args: []string{"create-layer", "-n", "w"}, compare: "exact", capture: "w"},
+		{args: []string{"create-layer", "-n", "wchild", "w"}, compare: "exact", capture: "wchild",
+			known: "CreateLayer: a writeable layer cannot be a parent in the store (ErrParentIsContainer); containers/storage allows it"},
 		{args: []string{"wipe"}, compare: "exact"},
 		{args: []string{"layers"}, compare: "exact"},
 		{args: []string{"wipe", "-j"}, compare: "exact"},
