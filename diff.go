@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -360,22 +362,55 @@ func (c *closers) Close() error {
 	return err
 }
 
-// DiffSize returns the size of the uncompressed diff of to against from.
+// DiffSize returns what containers/storage's overlay driver does: against
+// the parent, the bytes of the files in the layer's own directory (each
+// hard-linked file once); against another layer, the size of the diff.
 func (s *store) DiffSize(from, to string) (int64, error) {
-	l, err := s.Layer(to)
+	idx, err := s.load()
 	if err != nil {
 		return -1, err
 	}
-	if l.UncompressedDigest != "" && l.UncompressedSize > 0 && (from == "" || from == l.Parent) {
-		return l.UncompressedSize, nil
-	}
-	u := Uncompressed
-	rc, err := s.Diff(from, to, &DiffOptions{Compression: &u})
+	r, err := idx.get(to)
 	if err != nil {
 		return -1, err
 	}
-	defer rc.Close()
-	return io.Copy(io.Discard, rc)
+	if from != "" {
+		if f, err := idx.get(from); err != nil || f.ID != r.Parent {
+			return -1, fmt.Errorf("size of layer %s against %q, which is not its parent: %w", r.ID, from, ErrNotSupported)
+		}
+	}
+	upper, _, release, err := s.layerDirs(r)
+	if err != nil {
+		return -1, err
+	}
+	defer release()
+	return filesSize(upper)
+}
+
+func filesSize(dir string) (int64, error) {
+	var size int64
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			if seen[st.Ino] {
+				return nil
+			}
+			seen[st.Ino] = true
+		}
+		size += info.Size()
+		return nil
+	})
+	return size, err
 }
 
 // ChangeKind says how a path changed.

@@ -92,15 +92,18 @@ type layerIndex struct {
 const (
 	internalPrefix   = "cs."
 	incompletePrefix = internalPrefix + "incomplete/"
-	viewPrefix       = internalPrefix + "view/"
-	mountPrefix      = internalPrefix + "mount/"
+	// rwPrefix + ID is the active snapshot of a writeable layer; it is a
+	// layer. When it becomes a parent it is committed under its ID.
+	rwPrefix    = internalPrefix + "rw/"
+	viewPrefix  = internalPrefix + "view/"
+	mountPrefix = internalPrefix + "mount/"
 )
 
 func (s *store) load() (*layerIndex, error) {
 	idx := &layerIndex{byID: map[string]*layerRecord{}, byName: map[string]*layerRecord{}, byKey: map[string]*layerRecord{}}
 	parents := map[*layerRecord]string{}
 	err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
-		if strings.HasPrefix(info.Name, internalPrefix) {
+		if strings.HasPrefix(info.Name, internalPrefix) && !strings.HasPrefix(info.Name, rwPrefix) {
 			return nil
 		}
 		r := recordFromInfo(info)
@@ -176,7 +179,7 @@ func recordFromInfo(info snapshots.Info) *layerRecord {
 	r := &layerRecord{key: info.Name, labels: l, writeable: info.Kind != snapshots.KindCommitted}
 	r.owned = l[cslabels.Owned] != ""
 	if r.owned {
-		r.ID = info.Name
+		r.ID = strings.TrimPrefix(info.Name, rwPrefix)
 	} else {
 		sum := sha256.Sum256([]byte(info.Name))
 		r.ID = hex.EncodeToString(sum[:])
@@ -418,7 +421,9 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 			return nil, -1, fmt.Errorf("parent layer %q: %w", parent, ErrLayerUnknown)
 		}
 		if p.writeable {
-			return nil, -1, fmt.Errorf("parent layer %q: %w", parent, ErrParentIsContainer)
+			if err := s.freeze(p); err != nil {
+				return nil, -1, err
+			}
 		}
 		parentKey = p.key
 	}
@@ -444,12 +449,12 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 
 	size := int64(-1)
 	if writeable {
-		if _, err := s.sn.Prepare(s.ctx, id, parentKey, snapshots.WithLabels(labels)); err != nil {
+		if _, err := s.sn.Prepare(s.ctx, rwPrefix+id, parentKey, snapshots.WithLabels(labels)); err != nil {
 			return nil, -1, mapErr(fmt.Errorf("create layer %s: %w", id, err))
 		}
 		if diff != nil {
 			if size, err = s.ApplyDiff(id, diff); err != nil {
-				s.deleteSnapshot(id)
+				s.deleteSnapshot(rwPrefix + id)
 				return nil, -1, err
 			}
 		}
@@ -466,6 +471,20 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 	}
 	l, err := s.Layer(id)
 	return l, size, err
+}
+
+// freeze commits writeable layer p under its ID so it can be a parent, as
+// containers/storage lets any layer be one. Its files stay where they are;
+// later mounts of it are read-only.
+func (s *store) freeze(p *layerRecord) error {
+	if !p.owned {
+		return fmt.Errorf("parent layer %s is an active snapshot containerd made: %w", p.ID, ErrParentIsContainer)
+	}
+	if err := s.sn.Commit(s.ctx, p.ID, p.key, snapshots.WithLabels(p.labels)); err != nil {
+		return mapErr(fmt.Errorf("commit writeable layer %s to be a parent: %w", p.ID, err))
+	}
+	p.key, p.writeable = p.ID, false
+	return nil
 }
 
 // validID refuses IDs that cannot be snapshot keys of the store.
@@ -538,7 +557,7 @@ func (s *store) SetNames(id string, names []string) error {
 
 // AddNames adds names to layer id.
 func (s *store) AddNames(id string, names []string) error {
-	return s.updateNames(id, func(old []string) []string { return dedupe(append(old, names...)) })
+	return s.updateNames(id, func(old []string) []string { return dedupe(append(append([]string(nil), names...), old...)) })
 }
 
 // RemoveNames removes names from layer id.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -80,7 +81,7 @@ func GetStore(options StoreOptions) (Store, error) {
 	cfg := config.Default()
 	cfg.Root = options.GraphRoot
 	cfg.RunRoot = options.RunRoot
-	d, err := daemon.Open(s.ctx, cfg, daemon.Holder{What: holderName()})
+	d, err := openOrWait(s.ctx, cfg)
 	var inUse *daemon.InUseError
 	switch {
 	case err == nil:
@@ -103,18 +104,42 @@ func GetStore(options StoreOptions) (Store, error) {
 	return s, nil
 }
 
+// lockWait bounds how long GetStore waits for another process that has the
+// root open in-process (a short-lived command, usually) to let it go.
+var lockWait = 60 * time.Second
+
+// openOrWait opens the root in-process, waiting while another store process
+// holds it, as containers/storage waits for its locks. A daemon holding it
+// is answered at once: the store talks to it instead.
+func openOrWait(ctx context.Context, cfg config.Config) (*daemon.Daemon, error) {
+	deadline := time.Now().Add(lockWait)
+	delay := 10 * time.Millisecond
+	for {
+		d, err := daemon.Open(ctx, cfg, daemon.Holder{What: holderName()})
+		var inUse *daemon.InUseError
+		if err == nil || !errors.As(err, &inUse) || inUse.Holder.Address != "" || time.Now().After(deadline) {
+			return d, err
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
 func holderName() string {
 	return "cs-snapshotter store in " + filepath.Base(os.Args[0])
 }
 
+// close releases the store; later calls do nothing.
 func (s *store) close() error {
+	var err error
 	if s.client != nil {
-		return s.client.Close()
+		err = s.client.Close()
 	}
 	if s.embedded != nil {
-		return s.embedded.Close()
+		err = s.embedded.Close()
 	}
-	return nil
+	s.client, s.embedded = nil, nil
+	return err
 }
 
 func (s *store) RunRoot() string         { return s.opts.RunRoot }
@@ -141,6 +166,8 @@ func (s *store) Status() ([][2]string, error) {
 		{"Backing Filesystem", backingFS(s.opts.GraphRoot)},
 		{"Supports d_type", "true"},
 		{"Native Overlay Diff", "true"},
+		{"Supports shifting", "false"},
+		{"Supports volatile", "true"},
 		{"Using metacopy", "false"},
 		{"Store", mode},
 		{"Layers", fmt.Sprint(len(layers.list))},
@@ -190,6 +217,10 @@ func backingFS(path string) string {
 		if (path == f[1] || strings.HasPrefix(path, strings.TrimSuffix(f[1], "/")+"/")) && len(f[1]) > len(best) {
 			best, fstype = f[1], f[2]
 		}
+	}
+	// containers/storage's names for file systems.
+	if n, ok := map[string]string{"ext2": "extfs", "ext3": "extfs", "ext4": "extfs", "overlay": "overlayfs"}[fstype]; ok {
+		return n
 	}
 	return fstype
 }
