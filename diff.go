@@ -142,16 +142,16 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 	if err := w.Truncate(0); err != nil {
 		return nil, fmt.Errorf("record tar-split of layer %s: %w", id, err)
 	}
-	// The diff as given is spooled aside while it is applied: if the
-	// applied files cannot reproduce it (a sparse file, a whiteout with
-	// content), the original is kept as a blob instead.
-	spool, err := os.CreateTemp("", "cs-diff-")
+	// If the applied files cannot reproduce the diff (a sparse file, a
+	// whiteout with content), the original is kept as a blob instead. A
+	// seekable diff (a file) is read again for that; anything else is
+	// spooled aside while it is applied.
+	original, input, cleanup, err := rereadable(diff)
 	if err != nil {
 		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
 	}
-	os.Remove(spool.Name())
-	defer spool.Close()
-	res, err := layerdiff.Apply(s.ctx, upper, io.TeeReader(diff, spool), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
+	defer cleanup()
+	res, err := layerdiff.Apply(s.ctx, upper, input, layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
 	if err != nil {
 		s.cs.Abort(s.ctx, ref)
 		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
@@ -167,10 +167,11 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 	}
 	if !res.Reproducible {
 		s.cs.Abort(s.ctx, ref)
-		if _, err := spool.Seek(0, io.SeekStart); err != nil {
-			return nil, err
+		again, err := original()
+		if err != nil {
+			return nil, fmt.Errorf("keep the diff of layer %s (%s): %w", id, res.NotReproducible, err)
 		}
-		dgst, err := s.writeBlob("cs.diff."+id, spool, cslabels.BlobRefPrefix+id+".diff")
+		dgst, err := s.writeBlob("cs.diff."+id, again, cslabels.BlobRefPrefix+id+".diff")
 		if err != nil {
 			return nil, fmt.Errorf("keep the diff of layer %s (%s): %w", id, res.NotReproducible, err)
 		}
@@ -188,6 +189,29 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 	}
 	labels[cslabels.TarSplit] = dgst.String()
 	return labels, nil
+}
+
+// rereadable returns the reader to apply from diff, and a function giving
+// the same bytes again afterwards: by seeking back when diff is a seekable
+// file, from a spooled copy otherwise.
+func rereadable(diff io.Reader) (again func() (io.Reader, error), input io.Reader, cleanup func(), err error) {
+	if f, ok := diff.(io.ReadSeeker); ok {
+		if start, err := f.Seek(0, io.SeekCurrent); err == nil {
+			return func() (io.Reader, error) {
+				_, err := f.Seek(start, io.SeekStart)
+				return f, err
+			}, f, func() {}, nil
+		}
+	}
+	spool, err := os.CreateTemp("", "cs-diff-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	os.Remove(spool.Name())
+	return func() (io.Reader, error) {
+		_, err := spool.Seek(0, io.SeekStart)
+		return spool, err
+	}, io.TeeReader(diff, spool), func() { spool.Close() }, nil
 }
 
 func (s *store) addBlobRef(dgst digest.Digest, labels map[string]string) error {

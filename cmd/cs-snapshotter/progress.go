@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -112,6 +113,20 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// Seek lets the store read a seekable input again instead of spooling it;
+// the count follows the position.
+func (c *countingReader) Seek(offset int64, whence int) (int64, error) {
+	sk, ok := c.r.(io.Seeker)
+	if !ok {
+		return 0, errors.ErrUnsupported
+	}
+	pos, err := sk.Seek(offset, whence)
+	if err == nil {
+		c.n.Store(pos)
+	}
+	return pos, err
 }
 
 type countingWriter struct {
