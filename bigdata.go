@@ -63,11 +63,7 @@ func (s *store) LayerBigData(id, key string) (io.ReadCloser, error) {
 	if key == "" {
 		return nil, fmt.Errorf("can't retrieve layer big data value for empty name: %w", ErrInvalidBigDataName)
 	}
-	idx, err := s.load()
-	if err != nil {
-		return nil, err
-	}
-	r, err := idx.get(id)
+	r, err := s.layer(id)
 	if err != nil {
 		return nil, err
 	}
@@ -88,11 +84,7 @@ func (s *store) SetLayerBigData(id, key string, data io.Reader) error {
 	if key == "" || strings.ContainsRune(key, 0) {
 		return fmt.Errorf("can't set empty name for layer big data item: %w", ErrInvalidBigDataName)
 	}
-	idx, err := s.load()
-	if err != nil {
-		return err
-	}
-	r, err := idx.get(id)
+	r, err := s.layer(id)
 	if err != nil {
 		return err
 	}

@@ -247,11 +247,7 @@ func (s *store) releaseBlob(dgst, id, what string) {
 // applied. While it applies, the layer is marked incomplete, so a crash
 // leaves it to be removed at the next start.
 func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
-	idx, err := s.load()
-	if err != nil {
-		return -1, err
-	}
-	r, err := idx.get(to)
+	r, err := s.layer(to)
 	if err != nil {
 		return -1, err
 	}
@@ -290,22 +286,9 @@ func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
 // compression by default). Against its parent, a layer with a tar-split
 // reproduces the tar it was made from byte for byte.
 func (s *store) Diff(from, to string, options *DiffOptions) (io.ReadCloser, error) {
-	idx, err := s.load()
+	r, err := s.layerAgainst(from, to, "diff")
 	if err != nil {
 		return nil, err
-	}
-	r, err := idx.get(to)
-	if err != nil {
-		return nil, err
-	}
-	if from != "" {
-		f, err := idx.get(from)
-		if err != nil {
-			return nil, err
-		}
-		if f.ID != r.Parent {
-			return nil, fmt.Errorf("diff of layer %s against %s, which is not its parent: %w", r.ID, f.ID, ErrNotSupported)
-		}
 	}
 	compression := r.CompressionType
 	if options != nil && options.Compression != nil {
@@ -386,22 +369,36 @@ func (c *closers) Close() error {
 	return err
 }
 
+// layerAgainst returns layer to, checking that from, if given, is its
+// parent: diffs between other layers are not supported.
+func (s *store) layerAgainst(from, to, what string) (*layerRecord, error) {
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	r, err := idx.get(to)
+	if err != nil {
+		return nil, err
+	}
+	if from != "" {
+		f, err := idx.get(from)
+		if err != nil {
+			return nil, err
+		}
+		if f.ID != r.Parent {
+			return nil, fmt.Errorf("%s of layer %s against %s, which is not its parent: %w", what, r.ID, f.ID, ErrNotSupported)
+		}
+	}
+	return r, nil
+}
+
 // DiffSize returns what containers/storage's overlay driver does: against
 // the parent, the bytes of the files in the layer's own directory (each
 // hard-linked file once); against another layer, the size of the diff.
 func (s *store) DiffSize(from, to string) (int64, error) {
-	idx, err := s.load()
+	r, err := s.layerAgainst(from, to, "size")
 	if err != nil {
 		return -1, err
-	}
-	r, err := idx.get(to)
-	if err != nil {
-		return -1, err
-	}
-	if from != "" {
-		if f, err := idx.get(from); err != nil || f.ID != r.Parent {
-			return -1, fmt.Errorf("size of layer %s against %q, which is not its parent: %w", r.ID, from, ErrNotSupported)
-		}
 	}
 	upper, _, release, err := s.layerDirs(r)
 	if err != nil {
@@ -470,18 +467,9 @@ func (c *Change) String() string { return fmt.Sprintf("%s %s", c.Kind, c.Path) }
 // Changes lists the paths layer to changes against from (its parent when
 // empty).
 func (s *store) Changes(from, to string) ([]Change, error) {
-	idx, err := s.load()
+	r, err := s.layerAgainst(from, to, "changes")
 	if err != nil {
 		return nil, err
-	}
-	r, err := idx.get(to)
-	if err != nil {
-		return nil, err
-	}
-	if from != "" {
-		if f, err := idx.get(from); err != nil || f.ID != r.Parent {
-			return nil, fmt.Errorf("changes of layer %s against %q, which is not its parent: %w", r.ID, from, ErrNotSupported)
-		}
 	}
 	_, lowers, release, err := s.layerDirs(r)
 	if err != nil {

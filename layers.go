@@ -166,6 +166,15 @@ func (idx *layerIndex) lookup(name string) (*layerRecord, bool) {
 	return found, found != nil
 }
 
+// layer loads the store and returns the layer id names.
+func (s *store) layer(id string) (*layerRecord, error) {
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	return idx.get(id)
+}
+
 func (idx *layerIndex) get(id string) (*layerRecord, error) {
 	r, ok := idx.lookup(id)
 	if !ok {
@@ -301,11 +310,7 @@ func (s *store) Layers() ([]Layer, error) {
 
 // Layer returns the layer id names (ID, name or unique ID prefix).
 func (s *store) Layer(id string) (*Layer, error) {
-	idx, err := s.load()
-	if err != nil {
-		return nil, err
-	}
-	r, err := idx.get(id)
+	r, err := s.layer(id)
 	if err != nil {
 		return nil, err
 	}
@@ -643,11 +648,7 @@ func (s *store) SetMetadata(id, metadata string) error {
 }
 
 func (s *store) setLabel(id, key, value string) error {
-	idx, err := s.load()
-	if err != nil {
-		return err
-	}
-	r, err := idx.get(id)
+	r, err := s.layer(id)
 	if err != nil {
 		return err
 	}
