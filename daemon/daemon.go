@@ -14,6 +14,7 @@ import (
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -26,6 +27,7 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/differ"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
@@ -41,6 +43,7 @@ type Daemon struct {
 	db   *metadata.DB
 	sn   *snapshotter.Snapshotter
 	cs   *contentstore.Store
+	diff *differ.Service
 }
 
 // Open takes the root of cfg for this process and opens everything in it.
@@ -63,15 +66,17 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if d.db, err = metadata.Open(ctx, filepath.Join(root, metadata.FileName)); err != nil {
 		return nil, err
 	}
-	if d.sn, err = snapshotter.New(ctx, root, d.db, snapshotter.Options{
-		MountOptions: cfg.Snapshotter.MountOptions,
-		AsyncRemove:  cfg.Snapshotter.AsyncRemove,
-	}); err != nil {
-		return nil, err
-	}
 	if d.cs, err = contentstore.New(filepath.Join(root, "content"), d.db); err != nil {
 		return nil, err
 	}
+	if d.sn, err = snapshotter.New(ctx, root, d.db, snapshotter.Options{
+		MountOptions: cfg.Snapshotter.MountOptions,
+		AsyncRemove:  cfg.Snapshotter.AsyncRemove,
+		Removed:      func(ctx context.Context, id string, l map[string]string) { d.diff.Released(ctx, id, l) },
+	}); err != nil {
+		return nil, err
+	}
+	d.diff = differ.New(d.sn, d.cs, d.db)
 	// Nobody else has the root, so a layer still marked incomplete is the
 	// remains of a crash.
 	if err := removeIncomplete(ctx, d.sn); err != nil {
@@ -105,7 +110,8 @@ func (d *Daemon) Close() error {
 	return errors.Join(errs...)
 }
 
-// NewServer returns a gRPC server with the snapshots and content services.
+// NewServer returns a gRPC server with the snapshots, content and diff
+// services.
 func (d *Daemon) NewServer() *grpc.Server {
 	// The message limits are containerd's own, so every request containerd
 	// sends through a proxy plugin fits.
@@ -117,6 +123,7 @@ func (d *Daemon) NewServer() *grpc.Server {
 	)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn)})
 	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
+	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv
 }
 

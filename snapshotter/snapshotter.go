@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -42,6 +43,9 @@ type Options struct {
 	// AsyncRemove leaves a removed snapshot's directories for Cleanup
 	// instead of deleting them during Remove.
 	AsyncRemove bool
+	// Removed, if set, is called after a snapshot is removed, with its
+	// record ID and last labels, to let go of what they reference.
+	Removed func(ctx context.Context, id string, labels map[string]string)
 }
 
 // Snapshotter implements snapshots.Snapshotter and snapshots.Cleaner.
@@ -50,6 +54,7 @@ type Snapshotter struct {
 	db          *metadata.DB
 	options     []string
 	asyncRemove bool
+	removed     func(ctx context.Context, id string, labels map[string]string)
 }
 
 var _ snapshots.Cleaner = (*Snapshotter)(nil)
@@ -70,6 +75,7 @@ func New(ctx context.Context, root string, db *metadata.DB, opts Options) (*Snap
 		db:          db,
 		options:     overlayutils.DefaultOptions(root, opts.MountOptions),
 		asyncRemove: opts.AsyncRemove,
+		removed:     opts.Removed,
 	}, nil
 }
 
@@ -176,6 +182,9 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if _, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...); err != nil {
 			return err
 		}
+		if err := s.addApplied(ctx, tx, id, name); err != nil {
+			return err
+		}
 		// Commit replaces the labels: the active's names go, the new ones
 		// belong to the committed snapshot.
 		if err := releaseNames(tx, key, info.Labels); err != nil {
@@ -191,7 +200,10 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 
 // Remove deletes the snapshot key, which must have no children.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	var id string
+	var (
+		id     string
+		labels map[string]string
+	)
 	if err := s.db.Update(ctx, func(ctx context.Context, tx *bolt.Tx) error {
 		_, info, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
@@ -203,9 +215,22 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		if id, _, err = storage.Remove(ctx, key); err != nil {
 			return err
 		}
+		// An active snapshot removed before its commit (an unpack given
+		// up) takes what the diff service recorded for it along.
+		applied, err := metadata.AppliedRecords(tx).Take(id)
+		if err != nil {
+			return err
+		}
+		labels = info.Labels
+		if len(applied) > 0 {
+			labels = applied
+		}
 		return releaseNames(tx, key, info.Labels)
 	}); err != nil {
 		return fmt.Errorf("remove snapshot %q: %w", key, err)
+	}
+	if s.removed != nil {
+		s.removed(ctx, id, labels)
 	}
 	if !s.asyncRemove {
 		// The record is gone; a directory left behind by a failure here is an
@@ -217,6 +242,55 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		}
 	}
 	return nil
+}
+
+// addApplied puts on committed snapshot name (record id) the labels the
+// diff service recorded while a layer was applied into it.
+func (s *Snapshotter) addApplied(ctx context.Context, tx *bolt.Tx, id, name string) error {
+	applied, err := metadata.AppliedRecords(tx).Take(id)
+	if err != nil || len(applied) == 0 {
+		return err
+	}
+	info := snapshots.Info{Name: name, Labels: applied}
+	paths := make([]string, 0, len(applied))
+	for k := range applied {
+		paths = append(paths, "labels."+k)
+	}
+	_, err = storage.UpdateInfo(ctx, info, paths...)
+	return err
+}
+
+// LabelsOf returns the labels of the snapshot with record ID id. It scans
+// every record, so it is for rare calls.
+func (s *Snapshotter) LabelsOf(ctx context.Context, id string) (labels map[string]string, err error) {
+	err = s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		ids, err := storage.IDMap(ctx)
+		if err != nil {
+			return err
+		}
+		key, ok := ids[id]
+		if !ok {
+			return fmt.Errorf("snapshot record %s: %w", id, errdefs.ErrNotFound)
+		}
+		_, info, _, err := storage.GetInfo(ctx, key)
+		labels = info.Labels
+		return err
+	})
+	return labels, err
+}
+
+// SnapshotID returns the record ID of the snapshot whose files are in dir
+// (a path from its mounts), if dir is one of this snapshotter's.
+func (s *Snapshotter) SnapshotID(dir string) (string, bool) {
+	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), dir)
+	if err != nil || strings.Contains(rel, "/") || rel == "." || strings.HasPrefix(rel, "..") {
+		return "", false
+	}
+	n, err := strconv.ParseUint(rel, 36, 64)
+	if err != nil {
+		return "", false
+	}
+	return strconv.FormatUint(n, 10), true
 }
 
 // Walk calls fn for every snapshot matching the filters.

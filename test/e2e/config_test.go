@@ -44,6 +44,7 @@ func TestContainerdConfig(t *testing.T) {
 	want := map[string]srvconfig.ProxyPlugin{
 		"cs":         {Type: "snapshot", Address: in.CSSocket, Exports: map[string]string{"root": in.CSRoot}},
 		"cs-content": {Type: "content", Address: in.CSSocket},
+		"cs-diff":    {Type: "diff", Address: in.CSSocket},
 	}
 	if !reflect.DeepEqual(cfg.ProxyPlugins, want) {
 		t.Errorf("proxy_plugins = %+v, want %+v", cfg.ProxyPlugins, want)
@@ -58,8 +59,11 @@ func TestContainerdConfig(t *testing.T) {
 		t.Fatalf("unpack_config = %#v", transfer["unpack_config"])
 	}
 	uc := ucs[0].(map[string]any)
-	if uc["platform"] != "linux/amd64" || uc["snapshotter"] != "cs" {
+	if uc["platform"] != "linux/amd64" || uc["snapshotter"] != "cs" || uc["differ"] != "cs-diff" {
 		t.Errorf("unpack_config[0] = %v", uc)
+	}
+	if ds, ok := cfg.Plugins["io.containerd.service.v1.diff-service"].(map[string]any); !ok || !reflect.DeepEqual(ds["default"], []any{"cs-diff", "walking"}) {
+		t.Errorf("diff service config = %#v", cfg.Plugins["io.containerd.service.v1.diff-service"])
 	}
 	if images, ok := cfg.Plugins["io.containerd.cri.v1.images"].(map[string]any); !ok || images["snapshotter"] != "cs" {
 		t.Errorf("cri images config = %#v", cfg.Plugins["io.containerd.cri.v1.images"])

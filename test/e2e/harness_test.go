@@ -389,7 +389,7 @@ func (e *Env) checkProxyPlugins() {
 			status[f[0]+"."+f[1]] = f[len(f)-1]
 		}
 	}
-	for _, want := range []string{"io.containerd.snapshotter.v1.cs", "io.containerd.content.v1.cs-content"} {
+	for _, want := range []string{"io.containerd.snapshotter.v1.cs", "io.containerd.content.v1.cs-content", "io.containerd.differ.v1.cs-diff"} {
 		if status[want] != "ok" {
 			e.t.Fatalf("containerd plugin %s has status %q, want ok; ctr plugins ls:\n%s", want, status[want], out)
 		}

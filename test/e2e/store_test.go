@@ -48,9 +48,9 @@ func TestStoreAndContainerd(t *testing.T) {
 	}
 	defer s.Shutdown(true)
 
-	// containerd's layers are the store's too: named by their keys, and
-	// Diff computes them from the files (containerd's unpacker keeps no
-	// tar-split).
+	// containerd's layers are the store's too, named by their keys; the
+	// daemon's diff service unpacked them recording their tar-split, so
+	// Diff reproduces each layer exactly: its digest is the diff ID.
 	chain := image.ChainIDs()
 	baseKey := ""
 	layers, err := s.Layers()
@@ -67,7 +67,31 @@ func TestStoreAndContainerd(t *testing.T) {
 	if baseKey == "" {
 		t.Fatalf("the store does not list containerd's base layer %s among %v", chain[0], layers)
 	}
-	rc, err := s.Diff("", baseKey, nil)
+	for i, c := range chain {
+		id := ""
+		for _, l := range layers {
+			for _, n := range l.Names {
+				if strings.HasSuffix(n, "/"+c.String()) {
+					id = l.ID
+				}
+			}
+		}
+		u := storage.Uncompressed
+		rc, err := s.Diff("", id, &storage.DiffOptions{Compression: &u})
+		if err != nil {
+			t.Fatalf("diff of containerd's layer %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if got := digest.FromBytes(b); got != image.DiffIDs()[i] {
+			t.Errorf("diff of containerd's layer %d: %s, diff ID %s", i, got, image.DiffIDs()[i])
+		}
+		if l, _ := s.Layer(id); l.CompressionType != storage.Gzip || l.CompressedDigest != image.Layers[i].Descriptor.Digest {
+			t.Errorf("layer %d record: compression %v, compressed digest %s (blob %s)", i, l.CompressionType, l.CompressedDigest, image.Layers[i].Descriptor.Digest)
+		}
+	}
+	u := storage.Uncompressed
+	rc, err := s.Diff("", baseKey, &storage.DiffOptions{Compression: &u})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +135,15 @@ func TestStoreAndContainerd(t *testing.T) {
 	for _, id := range []string{owned.ID, child.ID} {
 		e.ExpectContainerdLog("failed to remove snapshot", id, "held by the cs store")
 	}
+	var tarSplits []digest.Digest
+	for _, info := range e.DialDaemon().Snapshots(t) {
+		if ts := info.Labels["containerd.io/snapshot/cs.tar-split"]; ts != "" && !strings.HasPrefix(info.Name, owned.ID) {
+			tarSplits = append(tarSplits, digest.Digest(ts))
+		}
+	}
+	if len(tarSplits) != len(chain) {
+		t.Errorf("%d of containerd's %d layers have a tar-split", len(tarSplits), len(chain))
+	}
 	e.MustCtr("images", "rm", "--sync", imageName)
 	// containerd did try: the refusal is in its log.
 	if log, _ := os.ReadFile(e.CtrdLog); !bytes.Contains(log, []byte(owned.ID)) {
@@ -123,12 +156,16 @@ func TestStoreAndContainerd(t *testing.T) {
 			t.Errorf("containerd's GC left the image's snapshot %s", c)
 		}
 	}
+	for _, ts := range tarSplits {
+		if client.BlobExists(t, ts) {
+			t.Errorf("tar-split %s outlived the snapshot containerd's GC removed", ts)
+		}
+	}
 	for _, id := range []string{owned.ID, child.ID} {
 		if _, ok := snaps[id]; !ok {
 			t.Errorf("containerd's GC removed the store's layer %s", id)
 		}
 	}
-	u := storage.Uncompressed
 	rc, err = s.Diff("", owned.ID, &storage.DiffOptions{Compression: &u})
 	if err != nil {
 		t.Fatalf("diff after GC: %v", err)
