@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
@@ -82,6 +83,46 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	}
 	if err := s.labels.Delete(dgst); err != nil {
 		return fmt.Errorf("delete labels of %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// OwnRefPrefix begins the refs of the ingests the daemon and the store
+// write for themselves (tar-splits, big data). They are left out of
+// ListStatuses: containerd's garbage collector aborts every backend ingest
+// it does not know of, and it learns of them only from there. One left by a
+// crash is aborted when the root is next opened.
+const OwnRefPrefix = "cs."
+
+// ListStatuses lists the ingests in progress but the daemon's own.
+func (s *Store) ListStatuses(ctx context.Context, filters ...string) ([]content.Status, error) {
+	all, err := s.Store.ListStatuses(ctx, filters...)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, st := range all {
+		if !strings.HasPrefix(st.Ref, OwnRefPrefix) {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// AbortOwn aborts the daemon's own ingests: left by a crash, as nothing
+// else can be writing when the root has just been opened.
+func (s *Store) AbortOwn(ctx context.Context) error {
+	all, err := s.Store.ListStatuses(ctx)
+	if err != nil {
+		return err
+	}
+	for _, st := range all {
+		if strings.HasPrefix(st.Ref, OwnRefPrefix) {
+			if err := s.Store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+				return err
+			}
+			log.G(ctx).WithField("ref", st.Ref).Info("aborted an ingest left by a crash")
+		}
 	}
 	return nil
 }

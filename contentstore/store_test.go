@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
@@ -107,5 +108,41 @@ func TestDeleteKeepsStoreBlobs(t *testing.T) {
 	}
 	if _, err := cs.Info(ctx, d); !errdefs.IsNotFound(err) {
 		t.Fatalf("unreferenced blob kept: %v", err)
+	}
+}
+
+// TestOwnIngestsHidden: the daemon's own ingests are not listed, so
+// containerd's GC, which aborts every listed ingest it does not know, leaves
+// them be; AbortOwn clears them after a crash.
+func TestOwnIngestsHidden(t *testing.T) {
+	_, cs, closeFn, err := newStore(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeFn()
+	ctx := context.Background()
+	for _, ref := range []string{contentstore.OwnRefPrefix + "tar-split.x", "pull-layer"} {
+		w, err := cs.Writer(ctx, content.WithRef(ref))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte("partial"))
+		w.Close()
+	}
+	st, err := cs.ListStatuses(ctx)
+	if err != nil || len(st) != 1 || st[0].Ref != "pull-layer" {
+		t.Fatalf("statuses %+v %v", st, err)
+	}
+	if _, err := cs.Status(ctx, contentstore.OwnRefPrefix+"tar-split.x"); err != nil {
+		t.Errorf("own ingest not reachable by ref: %v", err)
+	}
+	if err := cs.(*contentstore.Store).AbortOwn(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Status(ctx, contentstore.OwnRefPrefix+"tar-split.x"); !errdefs.IsNotFound(err) {
+		t.Errorf("own ingest after AbortOwn: %v", err)
+	}
+	if _, err := cs.Status(ctx, "pull-layer"); err != nil {
+		t.Errorf("containerd's ingest lost: %v", err)
 	}
 }

@@ -82,6 +82,9 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if err := removeIncomplete(ctx, d.sn); err != nil {
 		log.G(ctx).WithError(err).Warn("removing incomplete layers failed")
 	}
+	if err := d.cs.AbortOwn(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("aborting ingests left by a crash failed")
+	}
 	// Finish removals a crash or an asynchronous Remove left behind.
 	if err := d.sn.Cleanup(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("cleanup at start failed")
