@@ -17,8 +17,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/containerd/containerd/v2/pkg/archive"
-	"github.com/containerd/continuity/fs"
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/asm"
@@ -77,7 +75,8 @@ type ApplyResult struct {
 // decompression, then uncompressed digest and tar-split recording — and
 // extracts it into dir as an overlay upper directory: ".wh.name" whiteouts
 // become 0/0 character devices, ".wh..wh..opq" the trusted.overlay.opaque=y
-// xattr of its directory. Extraction is containerd's archive.Apply.
+// xattr of its directory. Extraction does what containerd's archive.Apply
+// does (extract.go), with fewer system calls.
 //
 // Entries that would land outside dir are refused with an error wrapping
 // ErrEscape and naming the entry, as containers/storage refuses them: a
@@ -162,14 +161,8 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		uids:  map[uint32]struct{}{},
 		gids:  map[uint32]struct{}{},
 	}
-	applyOpts := []archive.ApplyOpt{
-		archive.WithConvertWhiteout(archive.OverlayConvertWhiteout),
-		archive.WithFilter(v.filter),
-	}
-	if len(opts.Parents) > 0 {
-		applyOpts = append(applyOpts, archive.WithParents(opts.Parents))
-	}
-	_, applyErr := archive.Apply(ctx, root, prefetched, applyOpts...)
+	ex := newExtractor(root, opts.Parents, v)
+	applyErr := ex.apply(ctx, prefetched)
 	afterEnd := false
 	if applyErr == nil {
 		// The extractor stops at the end-of-archive marker; tar-split goes
@@ -246,7 +239,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		} else if rec.total != uncompressed.n {
 			v.markNotReproducible("tar-split accounts for %d bytes of %d", rec.total, uncompressed.n)
 		}
-		v.checkReassembly(rec.payloads)
+		v.checkReassembly(rec.payloads, ex.disturbed)
 		res.NotReproducible = v.notReproducible
 		res.Reproducible = v.notReproducible == ""
 	}
@@ -259,7 +252,7 @@ const whiteoutPrefix = ".wh."
 // unchanged" to chown.
 const maxID = math.MaxUint32 - 1
 
-// vetter is archive.Apply's filter: it sees every header, in the
+// vetter is the extractor's filter: it sees every header, in the
 // extracting goroutine, just before the entry is written.
 type vetter struct {
 	root       string
@@ -288,7 +281,7 @@ type payload struct {
 
 func (v *vetter) filter(hdr *tar.Header) (bool, error) {
 	v.seen = true
-	v.lastName = hdr.Name // archive.Apply has cleaned it
+	v.lastName = hdr.Name // the extractor has cleaned it
 	if hdr.Uid < 0 || hdr.Uid > maxID || hdr.Gid < 0 || hdr.Gid > maxID {
 		return false, fmt.Errorf("owner %d:%d out of range", hdr.Uid, hdr.Gid)
 	}
@@ -316,47 +309,21 @@ func (v *vetter) filter(hdr *tar.Header) (bool, error) {
 			return false, fmt.Errorf("%w: files declare more than %d bytes", ErrTooLarge, v.max)
 		}
 	}
-	if v.track {
-		if err := v.trackEntry(hdr); err != nil {
-			return false, err
-		}
-	}
 	return true, nil
 }
 
 // trackEntry follows where content lands, so that Apply can tell whether
-// the extracted tree still holds every payload the tar-split refers to.
-func (v *vetter) trackEntry(hdr *tar.Header) error {
-	// Resolve the path exactly as archive.Apply is about to.
-	ppath, base := filepath.Split(hdr.Name)
-	ppath, err := fs.RootPath(v.root, ppath)
-	if err != nil {
-		return fmt.Errorf("resolving parent directory: %w", err)
-	}
-	p := filepath.Join(ppath, filepath.Join("/", base))
-	if p == v.root {
-		return nil // archive.Apply skips it
-	}
+// the extracted tree still holds every payload the tar-split refers to. p
+// is where the extractor is about to write hdr.
+func (v *vetter) trackEntry(hdr *tar.Header, p string) error {
 	if earlier, ok := v.payloadAt[p]; ok {
 		v.markNotReproducible("entry %q replaces the content of entry %q", hdr.Name, earlier)
 		delete(v.payloadAt, p)
 	}
-	if hdr.Typeflag != tar.TypeDir && len(v.payloadAt) > 0 {
-		// A directory replaced by a non-directory is removed with its
-		// contents.
-		if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-			for q, earlier := range v.payloadAt {
-				if strings.HasPrefix(q, p+"/") {
-					v.markNotReproducible("entry %q removes entry %q", hdr.Name, earlier)
-					delete(v.payloadAt, q)
-				}
-			}
-		}
-	}
 	if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
 		return nil
 	}
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	if strings.HasPrefix(path.Base(hdr.Name), whiteoutPrefix) {
 		v.markNotReproducible("whiteout %q has content, which an overlay whiteout cannot keep", hdr.Name)
 		return nil
 	}
@@ -366,6 +333,17 @@ func (v *vetter) trackEntry(hdr *tar.Header) error {
 	v.payloadAt[p] = hdr.Name
 	v.payloads = append(v.payloads, payload{name: hdr.Name, path: p, size: hdr.Size})
 	return nil
+}
+
+// removesDir notes that the directory p is removed, with its contents, to
+// make way for hdr.
+func (v *vetter) removesDir(hdr *tar.Header, p string) {
+	for q, earlier := range v.payloadAt {
+		if strings.HasPrefix(q, p+"/") {
+			v.markNotReproducible("entry %q removes entry %q", hdr.Name, earlier)
+			delete(v.payloadAt, q)
+		}
+	}
 }
 
 func (v *vetter) markNotReproducible(format string, args ...any) {
@@ -379,12 +357,28 @@ func (v *vetter) markNotReproducible(format string, args ...any) {
 // wrote for that entry: the two parse the stream independently, and the
 // extractor resolves symlinks at the time of the entry, which later entries
 // can change (a directory symlink re-pointed).
-func (v *vetter) checkReassembly(recorded []payload) {
+//
+// Looking is needed only when the extractor replaced or removed something,
+// or wrote an entry through a symlink (disturbed): otherwise each payload
+// was written at the path its name spells, through plain directories that
+// are all still there, and nothing has been written over it (trackEntry
+// would have seen it).
+func (v *vetter) checkReassembly(recorded []payload, disturbed bool) {
 	if v.notReproducible != "" {
 		return
 	}
 	if len(recorded) != len(v.payloads) {
 		v.markNotReproducible("tar-split recorded %d files with content, the extractor wrote %d", len(recorded), len(v.payloads))
+		return
+	}
+	for i, ts := range recorded {
+		ex := v.payloads[i]
+		if relName(ts.name) != relName(ex.name) || ts.size != ex.size {
+			v.markNotReproducible("tar-split and the extractor disagree on entry %q (%d bytes) vs %q (%d bytes)", ts.name, ts.size, ex.name, ex.size)
+			return
+		}
+	}
+	if !disturbed {
 		return
 	}
 	rootFd, err := unix.Open(v.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -395,10 +389,6 @@ func (v *vetter) checkReassembly(recorded []payload) {
 	defer unix.Close(rootFd)
 	for i, ts := range recorded {
 		ex := v.payloads[i]
-		if relName(ts.name) != relName(ex.name) || ts.size != ex.size {
-			v.markNotReproducible("tar-split and the extractor disagree on entry %q (%d bytes) vs %q (%d bytes)", ts.name, ts.size, ex.name, ex.size)
-			return
-		}
 		got, parentFd, _, err := statRegularInRoot(rootFd, v.root, ts.name)
 		if err != nil {
 			v.markNotReproducible("content of %q: %v", ts.name, err)

@@ -5,9 +5,10 @@
 //
 //   - Apply reads a layer blob once — compressed digest, decompression
 //     (gzip, zstd, bzip2, xz or none), uncompressed digest, tar-split
-//     recording — and extracts it with containerd's archive.Apply into an
-//     overlay upper directory, whiteouts in overlay form. It reports the
-//     digests, sizes and owner sets containers/storage records. Entries
+//     recording — and extracts it into an overlay upper directory,
+//     whiteouts in overlay form, as containerd's archive.Apply does but
+//     with fewer system calls (extract.go). It reports the digests, sizes
+//     and owner sets containers/storage records. Entries
 //     that would land outside the directory (names or hard link targets
 //     with "..", writes through symlinks that lead out, in the layer, the
 //     upper directory or the lowers) are refused with ErrEscape, as

@@ -1,0 +1,113 @@
+package layerdiff
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestApplyOwnersInSetgidDirectory: the extractor skips chown when a new
+// inode already has the entry's owner; in a set-group-ID directory it takes
+// the directory's group instead, so chown is needed there.
+func TestApplyOwnersInSetgidDirectory(t *testing.T) {
+	requireRoot(t)
+	sg := dirE("sg/")
+	sg.hdr.Mode = 0o2775
+	sg.hdr.Gid = 1234
+	sub := dirE("sg/sub/")
+	data := buildTar(t, []entry{
+		sg, fileE("sg/f", "root's"), sub, symlinkE("sg/l", "f"),
+		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "sg/fifo", Mode: 0o600}},
+		fileE("plain", "root's too"),
+	}, nil)
+	a := checkRoundTrip(t, data, data, Uncompressed)
+	for _, name := range []string{"sg/f", "sg/sub", "sg/l", "sg/fifo", "plain"} {
+		if st := lstat(t, filepath.Join(a.dir, name)); st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s: owner %d:%d, want 0:0", name, st.Uid, st.Gid)
+		}
+	}
+	if st := lstat(t, filepath.Join(a.dir, "sg")); st.Mode&0o7777 != 0o2775 || st.Gid != 1234 {
+		t.Errorf("sg: mode %#o gid %d", st.Mode&0o7777, st.Gid)
+	}
+}
+
+// TestApplySetgidParentFromLower: a directory the tar implies takes its
+// attributes, set-group-ID included, from a lower layer; files in it keep
+// their own group.
+func TestApplySetgidParentFromLower(t *testing.T) {
+	requireRoot(t)
+	lower := t.TempDir()
+	if err := os.Mkdir(filepath.Join(lower, "srv"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(lower, "srv"), 33, 34); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(lower, "srv"), 0o750|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	data := buildTar(t, []entry{fileE("srv/index.html", "hi")}, nil)
+	_, dir := layerDir(t)
+	if _, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{Parents: []string{lower}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := lstat(t, filepath.Join(dir, "srv")); st.Mode&0o7777 != 0o2750 || st.Gid != 34 {
+		t.Errorf("srv: mode %#o gid %d", st.Mode&0o7777, st.Gid)
+	}
+	if st := lstat(t, filepath.Join(dir, "srv/index.html")); st.Uid != 0 || st.Gid != 0 {
+		t.Errorf("srv/index.html: owner %d:%d, want 0:0", st.Uid, st.Gid)
+	}
+}
+
+// TestApplyReplacesWhatIsThere: entries over what the directory already
+// holds (a file, a directory with content, a symlink, a file over a
+// directory) replace it as archive.Apply does; the files keep their mode,
+// owner and time whatever the umask.
+func TestApplyReplacesWhatIsThere(t *testing.T) {
+	requireRoot(t)
+	_, dir := layerDir(t)
+	for name, body := range map[string]string{"file": "old", "dir/inner": "old", "todir": "old"} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	f := fileE("file", "new")
+	f.hdr.Mode = 0o777
+	f.hdr.Uid, f.hdr.Gid = 7, 8
+	f.hdr.ModTime = time.Unix(1600000000, 5)
+	f.hdr.Format = tar.FormatPAX
+	data := buildTar(t, []entry{f, fileE("dir", "a file now"), fileE("link", "not through it"), dirE("todir/")}, nil)
+	var ts bytes.Buffer
+	res, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{TarSplit: &ts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Reproducible {
+		t.Errorf("not reproducible: %s", res.NotReproducible)
+	}
+	if st := lstat(t, filepath.Join(dir, "file")); st.Mode&0o7777 != 0o777 || st.Uid != 7 || st.Gid != 8 || st.Mtim.Sec != 1600000000 || st.Mtim.Nsec != 5 {
+		t.Errorf("file: mode %#o owner %d:%d mtime %d.%d", st.Mode&0o7777, st.Uid, st.Gid, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	for name, want := range map[string]string{"file": "new", "dir": "a file now", "link": "not through it"} {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
+			t.Errorf("%s: %q %v, want %q", name, got, err, want)
+		}
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "todir")); err != nil || !fi.IsDir() {
+		t.Errorf("todir: %v %v", fi, err)
+	}
+	if got, err := reassemble(t, dir, ts.Bytes()); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("Reassemble: %d bytes, %v", len(got), err)
+	}
+}
