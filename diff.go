@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
@@ -256,11 +257,15 @@ func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
 	}
 	upper, lowers, release, err := s.layerDirs(r)
 	if err != nil {
+		s.clearIncomplete(r)
 		return -1, err
 	}
 	defer release()
 	labels, err := s.applyInto(r.ID, upper, lowers, diff)
 	if err != nil {
+		// As containers/storage, a failed apply leaves the layer in place
+		// (partly written); only a crash, which the label is for, removes it.
+		s.clearIncomplete(r)
 		return -1, err
 	}
 	old, oldDiff := r.labels[cslabels.TarSplit], r.labels[cslabels.DiffBlob]
@@ -279,6 +284,10 @@ func (s *store) ApplyDiff(to string, diff io.Reader) (int64, error) {
 		s.releaseBlob(oldDiff, r.ID, "diff")
 	}
 	return strconv.ParseInt(labels[cslabels.UncompressedSize], 10, 64)
+}
+
+func (s *store) clearIncomplete(r *layerRecord) {
+	s.sn.Update(s.ctx, snapshots.Info{Name: r.key}, "labels."+cslabels.Incomplete)
 }
 
 // Diff returns the changes of layer to against from (its parent when
@@ -350,12 +359,16 @@ func (s *store) rawDiff(r *layerRecord) (io.ReadCloser, error) {
 		return &closers{ReadCloser: rc, after: func() { ra.Close(); release() }}, nil
 	}
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		err := layerdiff.WriteDiff(s.ctx, pw, lowers, upper)
 		release()
 		pw.CloseWithError(err)
 	}()
-	return pr, nil
+	// Closing early must still wait for WriteDiff to let go of its mounts
+	// and the view, or a caller that exits right after leaves them behind.
+	return &closers{ReadCloser: pr, after: func() { <-done }}, nil
 }
 
 type closers struct {
@@ -508,9 +521,39 @@ func (s *store) Changes(from, to string) ([]Change, error) {
 	return changes, nil
 }
 
+// inLowers tells whether path p shows in the merged lower layers (nearest
+// first), as overlay shows them: a whiteout of p or of a parent hides it and
+// everything beneath, and so does an opaque parent directory.
 func inLowers(lowers []string, p string) bool {
+	parts := strings.Split(strings.Trim(p, "/"), "/")
 	for _, l := range lowers {
-		if _, err := os.Lstat(filepath.Join(l, p)); err == nil {
+		dir := l
+		for i, part := range parts {
+			dir = filepath.Join(dir, part)
+			var st unix.Stat_t
+			if unix.Lstat(dir, &st) != nil {
+				break // not in this layer; look lower
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
+				return false // whited out here
+			}
+			if i == len(parts)-1 {
+				return true
+			}
+			if isOpaque(dir) {
+				// Beneath an opaque directory only this layer counts.
+				_, err := os.Lstat(filepath.Join(dir, filepath.Join(parts[i+1:]...)))
+				return err == nil
+			}
+		}
+	}
+	return false
+}
+
+func isOpaque(dir string) bool {
+	buf := make([]byte, 1)
+	for _, attr := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		if n, err := unix.Lgetxattr(dir, attr, buf); err == nil && n == 1 && buf[0] == 'y' {
 			return true
 		}
 	}

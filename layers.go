@@ -545,10 +545,23 @@ func (s *store) fillAndCommit(id, parentKey string, labels map[string]string, di
 // deleteSnapshot removes a snapshot the store owns, dropping the ownership
 // label first.
 func (s *store) deleteSnapshot(key string) error {
-	if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: key}, "labels."+cslabels.Owned); err != nil && !errdefs.IsNotFound(err) {
+	info, err := s.sn.Stat(s.ctx, key)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
+	owned := info.Labels[cslabels.Owned]
+	if owned != "" {
+		if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: key}, "labels."+cslabels.Owned); err != nil {
+			return err
+		}
+	}
 	if err := s.sn.Remove(s.ctx, key); err != nil && !errdefs.IsNotFound(err) {
+		if owned != "" { // still there (a child appeared): the store keeps holding it
+			s.sn.Update(s.ctx, snapshots.Info{Name: key, Labels: map[string]string{cslabels.Owned: owned}}, "labels."+cslabels.Owned)
+		}
 		return err
 	}
 	return nil

@@ -680,3 +680,79 @@ func TestNameRaceThroughStores(t *testing.T) {
 		})
 	})
 }
+
+// TestChangesAcrossWhiteouts: a path a middle layer deleted and the top one
+// makes again is an addition, as overlay shows it.
+func TestChangesAcrossWhiteouts(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		put := func(parent string, entries []entry) string {
+			l, _, err := s.PutLayer("", parent, nil, "", false, nil, bytes.NewReader(layerTar(t, entries)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l.ID
+		}
+		base := put("", []entry{
+			{hdr: tar.Header{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755}},
+			{hdr: tar.Header{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644}, body: "f"},
+			{hdr: tar.Header{Name: "o/", Typeflag: tar.TypeDir, Mode: 0o755}},
+			{hdr: tar.Header{Name: "o/old", Typeflag: tar.TypeReg, Mode: 0o644}, body: "old"},
+			{hdr: tar.Header{Name: "keep", Typeflag: tar.TypeReg, Mode: 0o644}, body: "k"},
+		})
+		mid := put(base, []entry{
+			{hdr: tar.Header{Name: ".wh.d", Typeflag: tar.TypeReg}},
+			{hdr: tar.Header{Name: "o/", Typeflag: tar.TypeDir, Mode: 0o755}},
+			{hdr: tar.Header{Name: "o/.wh..wh..opq", Typeflag: tar.TypeReg}},
+		})
+		top := put(mid, []entry{
+			{hdr: tar.Header{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755}},
+			{hdr: tar.Header{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644}, body: "again"},
+			{hdr: tar.Header{Name: "o/old", Typeflag: tar.TypeReg, Mode: 0o644}, body: "again"},
+			{hdr: tar.Header{Name: "keep", Typeflag: tar.TypeReg, Mode: 0o644}, body: "changed"},
+		})
+		changes, err := s.Changes("", top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]ChangeKind{}
+		for _, c := range changes {
+			got[c.Path] = c.Kind
+		}
+		want := map[string]ChangeKind{"/d": ChangeAdd, "/d/f": ChangeAdd, "/o/old": ChangeAdd, "/keep": ChangeModify}
+		for p, k := range want {
+			if got[p] != k {
+				t.Errorf("%s: %v, want %v (all %v)", p, got[p], k, changes)
+			}
+		}
+	})
+}
+
+// TestFailedApplyKeepsLayer: a failed ApplyDiff to an existing layer leaves
+// the layer (as containers/storage does); it is not taken for a crash's
+// remains at the next open.
+func TestFailedApplyKeepsLayer(t *testing.T) {
+	requireRoot(t)
+	opts := StoreOptions{GraphRoot: filepath.Join(t.TempDir(), "root"), RunRoot: filepath.Join(t.TempDir(), "run")}
+	s, err := GetStore(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.CreateLayer("layer-gzip", "", nil, "", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := gz(bytes.Repeat([]byte("junk"), 1000))
+	for i := 0; i < 2; i++ {
+		if _, err := s.ApplyDiff(l.ID, bytes.NewReader(junk[:len(junk)/2])); err == nil || errors.Is(err, ErrLayerUnknown) {
+			t.Fatalf("apply %d of junk: %v", i, err)
+		}
+	}
+	s.Free()
+	if s, err = GetStore(opts); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(true)
+	if !s.Exists("layer-gzip") {
+		t.Error("layer gone after a failed apply and a reopen")
+	}
+}
