@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,6 +34,22 @@ type Config struct {
 
 	GRPC        GRPC        `toml:"grpc"`
 	Snapshotter Snapshotter `toml:"snapshotter"`
+	Metrics     Metrics     `toml:"metrics"`
+	Debug       Debug       `toml:"debug"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address serves /metrics over HTTP: host:port for TCP, an absolute
+	// path for a unix socket; empty turns it off.
+	Address string `toml:"address"`
+}
+
+// Debug configures the debugging endpoint.
+type Debug struct {
+	// Address is a unix socket path serving net/http/pprof under
+	// /debug/pprof/; empty turns it off.
+	Address string `toml:"address"`
 }
 
 // GRPC configures the socket.
@@ -117,6 +134,14 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.GRPC.FileMode(); err != nil {
 		return err
+	}
+	if a := c.Metrics.Address; a != "" && !filepath.IsAbs(a) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("metrics.address must be host:port or an absolute socket path, got %q", a)
+		}
+	}
+	if a := c.Debug.Address; a != "" && !filepath.IsAbs(a) {
+		return fmt.Errorf("debug.address must be an absolute socket path, got %q", a)
 	}
 	return nil
 }

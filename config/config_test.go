@@ -47,7 +47,8 @@ func TestExampleIsDefault(t *testing.T) {
 	}
 	d := Default()
 	if c.Root != d.Root || c.RunRoot != d.RunRoot || c.LogLevel != d.LogLevel || c.GRPC != d.GRPC ||
-		len(c.Snapshotter.MountOptions) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove {
+		len(c.Snapshotter.MountOptions) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
+		c.Metrics != d.Metrics || c.Debug != d.Debug {
 		t.Errorf("example differs from defaults:\n%+v\n%+v", c, d)
 	}
 }
@@ -63,12 +64,17 @@ mode = "0660"
 [snapshotter]
 mount_options = ["volatile"]
 async_remove = true
+[metrics]
+address = "127.0.0.1:9100"
+[debug]
+address = "/run/cs-debug.sock"
 `), &c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Root != "/srv/cs" || c.Address() != "/srv/cs.sock" || c.GRPC.GID != 42 || c.GRPC.UID != -1 ||
-		c.Snapshotter.MountOptions[0] != "volatile" || !c.Snapshotter.AsyncRemove || c.RunRoot != DefaultRunRoot {
+		c.Snapshotter.MountOptions[0] != "volatile" || !c.Snapshotter.AsyncRemove || c.RunRoot != DefaultRunRoot ||
+		c.Metrics.Address != "127.0.0.1:9100" || c.Debug.Address != "/run/cs-debug.sock" {
 		t.Errorf("parsed %+v", c)
 	}
 }
@@ -83,6 +89,9 @@ func TestParseErrors(t *testing.T) {
 		{"[grpc]\nmode = \"01777\"\n", `grpc.mode must be octal`},
 		{"[grpc]\naddress = \"x.sock\"\n", `grpc.address must be an absolute path`},
 		{"root = \n", "line 1"},
+		{"[metrics]\naddress = \"metrics.sock\"\n", `metrics.address must be host:port or an absolute socket path, got "metrics.sock"`},
+		{"[metrics]\nadress = \"x\"\n", `unknown key "metrics.adress" (line 2)`},
+		{"[debug]\naddress = \"localhost:6060\"\n", `debug.address must be an absolute socket path, got "localhost:6060"`},
 	} {
 		c := Default()
 		err := Parse([]byte(tc.doc), &c)
