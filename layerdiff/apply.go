@@ -132,7 +132,8 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	defer dec.Close()
 
 	uncompressed := &limitReader{r: dec, max: opts.MaxUncompressed}
-	rec := &recorder{stream: uncompressed}
+	parsed := &countingReader{} // reads decoded, below
+	rec := &recorder{stream: parsed}
 	var tsz *gzip.Writer
 	if opts.TarSplit != nil {
 		// BestSpeed, as containers/storage: the metadata is mostly
@@ -143,11 +144,17 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		}
 		rec.packer = storage.NewJSONPacker(tsz)
 	}
-	// tar-split parses the stream in its own goroutine (which also runs
-	// the decompressor) and hands the same bytes on to the extractor,
-	// through the prefetcher's goroutine, which hashes them.
-	tarStream, done, err := asm.NewInputTarStreamWithDone(uncompressed, rec, rec)
+	// The decompressor (with the compressed digest, and reading r) runs
+	// in a goroutine of its own, ahead of tar-split's parser and its
+	// checksums: on two cores, decompression is then alone on the critical
+	// path. tar-split parses the stream in its own goroutine and hands the
+	// same bytes on to the extractor, through the prefetcher's goroutine,
+	// which hashes them.
+	decoded := newPrefetcher(uncompressed, nil)
+	parsed.r = decoded
+	tarStream, done, err := asm.NewInputTarStreamWithDone(parsed, rec, rec)
 	if err != nil {
+		decoded.stopAndWait()
 		return ApplyResult{}, fmt.Errorf("layerdiff: tar-split: %w", err)
 	}
 	uncompressedHash := digest.Canonical.Hash()
@@ -177,6 +184,8 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	tarStream.Close()
 	prefetched.stopAndWait()
 	recErr := <-done
+	// tar-split no longer reads: it is at EOF, or failed, or stopped.
+	decoded.stopAndWait()
 	if errors.Is(recErr, io.ErrClosedPipe) {
 		recErr = nil // our own Close above, after applyErr
 	}
@@ -416,7 +425,7 @@ type recorder struct {
 	packer storage.Packer // nil: not recording
 	// stream is what the parser reads; its count tells how many stream
 	// bytes a payload took.
-	stream   *limitReader
+	stream   *countingReader
 	buf      [32 << 10]byte
 	lastPut  int64 // payload bytes the parser returned for the entry
 	lastRaw  int64 // stream bytes it read for them
@@ -494,6 +503,18 @@ func (c *hashCounter) Write(p []byte) (int, error) {
 	}
 	c.n += int64(len(p))
 	return len(p), nil
+}
+
+// countingReader counts what is read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // limitReader counts the decompressed stream, enforces the size bound, and

@@ -5,7 +5,8 @@ import (
 	"io"
 )
 
-// prefetcher reads r ahead in its own goroutine, hashing what it reads.
+// prefetcher reads r ahead in its own goroutine, hashing what it reads
+// (unless hash is nil).
 //
 // tar-split hands the stream to the extractor through an io.Pipe, whose
 // every write waits until the extractor has taken all of it; the
@@ -67,7 +68,9 @@ func (p *prefetcher) run(r io.Reader) {
 			return
 		}
 		n, err := r.Read(buf)
-		p.hash.Write(buf[:n])
+		if p.hash != nil {
+			p.hash.Write(buf[:n])
+		}
 		if n == 0 && err == nil {
 			p.free <- buf
 			continue
