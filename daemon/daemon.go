@@ -121,8 +121,8 @@ func (d *Daemon) NewServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
-		grpc.UnaryInterceptor(logUnary),
-		grpc.StreamInterceptor(logStream),
+		grpc.ChainUnaryInterceptor(metricsUnary, logUnary),
+		grpc.ChainStreamInterceptor(metricsStream, logStream),
 	)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn)})
 	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
@@ -132,21 +132,37 @@ func (d *Daemon) NewServer() *grpc.Server {
 
 // Serve serves on the socket of cfg until ctx ends, then stops gracefully:
 // in-flight calls get StopTimeout to finish.
-func (d *Daemon) Serve(ctx context.Context, g config.GRPC, address string) error {
-	l, err := Listen(address, g)
-	if err != nil {
-		return err
+func (d *Daemon) Serve(ctx context.Context, g config.GRPC, address string, opts ...ServeOption) error {
+	var o serveOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
-	defer os.Remove(address)
+	l := o.listener
+	if l == nil {
+		var err error
+		if l, err = Listen(address, g); err != nil {
+			return err
+		}
+		defer os.Remove(address)
+	} else {
+		address = l.Addr().String()
+	}
 	srv := d.NewServer()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.G(ctx).WithField("address", address).Info("serving")
+	// The socket is listening, so calls made from now on are answered.
+	if o.ready != nil {
+		o.ready()
+	}
 
 	select {
 	case err := <-served:
 		return err
 	case <-ctx.Done():
+	}
+	if o.stopping != nil {
+		o.stopping()
 	}
 	stopped := make(chan struct{})
 	go func() {
