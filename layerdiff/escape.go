@@ -50,8 +50,15 @@ type escapeChecker struct {
 	root   string
 	lowers []string
 	// verified holds parent directories (cleaned, relative) found not to
-	// escape since the last entry that could change how paths resolve.
-	verified map[string]struct{}
+	// escape since the last entry that could change how they resolve, and
+	// whether resolving them followed no symlink (plain: it went through
+	// the directories its name spells).
+	verified map[string]bool
+	// under lists the verified directories below each directory, to
+	// forget a subtree; crooked counts the verified ones that are not
+	// plain.
+	under   map[string][]string
+	crooked int
 }
 
 // maxSymlinks bounds the symlinks followed resolving one path, as the
@@ -69,7 +76,8 @@ func (c *escapeChecker) check(hdr *tar.Header) error {
 		return escapeError(hdr.Name, "its name leads outside the root")
 	}
 	rel := strings.TrimLeft(name, "/") // absolute names are rooted at dir; Clean left no ".."
-	if err := c.checkParent(hdr.Name, fmt.Sprintf("its parent %q", path.Dir(rel)), path.Dir(rel), false); err != nil {
+	plain, err := c.checkParent(hdr.Name, func() string { return fmt.Sprintf("its parent %q", path.Dir(rel)) }, path.Dir(rel), false)
+	if err != nil {
 		return err
 	}
 	if hdr.Typeflag == tar.TypeLink {
@@ -83,9 +91,57 @@ func (c *escapeChecker) check(hdr *tar.Header) error {
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 	default:
-		clear(c.verified)
+		c.changed(rel, plain)
 	}
 	return nil
+}
+
+// changed forgets the verified directories whose resolution an entry at
+// rel can change. When the entry's parent and every verified directory
+// resolved plainly, a name resolves through the directories it spells, and
+// only those at or under rel go through what the entry changes (mkparent
+// making its missing parents changes nothing: a directory made where the
+// merged view had a symlink would not be plain, and one made over a
+// lower non-directory or nothing shows an empty directory, which resolves
+// as nothing did). Otherwise it forgets them all.
+func (c *escapeChecker) changed(rel string, plain bool) {
+	if !plain || c.crooked > 0 || rel == "." || rel == "" {
+		clear(c.verified)
+		clear(c.under)
+		c.crooked = 0
+		return
+	}
+	c.forget(rel)
+	for _, d := range c.under[rel] {
+		c.forget(d)
+	}
+	delete(c.under, rel)
+}
+
+func (c *escapeChecker) forget(dir string) {
+	if plain, ok := c.verified[dir]; ok {
+		if !plain {
+			c.crooked--
+		}
+		delete(c.verified, dir)
+	}
+}
+
+func (c *escapeChecker) remember(dir string, plain bool) {
+	if c.verified == nil {
+		c.verified = map[string]bool{}
+		c.under = map[string][]string{}
+	}
+	if _, ok := c.verified[dir]; ok {
+		return
+	}
+	c.verified[dir] = plain
+	if !plain {
+		c.crooked++
+	}
+	for i := strings.LastIndexByte(dir, '/'); i > 0; i = strings.LastIndexByte(dir[:i], '/') {
+		c.under[dir[:i]] = append(c.under[dir[:i]], dir)
+	}
 }
 
 func (c *escapeChecker) checkLinkTarget(hdr *tar.Header) error {
@@ -98,14 +154,15 @@ func (c *escapeChecker) checkLinkTarget(hdr *tar.Header) error {
 	// "..", so check it that way too; containers/storage cleans it first.
 	// For an absolute target, ".." above the root stays at the root
 	// (filepath.Join(dest, target)) until a symlink is followed.
-	what := fmt.Sprintf("its hard link target %q", target)
+	what := func() string { return fmt.Sprintf("its hard link target %q", target) }
 	abs := path.IsAbs(target)
 	if i := strings.LastIndexByte(target, '/'); i >= 0 {
-		if err := c.checkParent(hdr.Name, what, strings.TrimLeft(target[:i], "/"), abs); err != nil {
+		if _, err := c.checkParent(hdr.Name, what, strings.TrimLeft(target[:i], "/"), abs); err != nil {
 			return err
 		}
 	}
-	return c.checkParent(hdr.Name, what, strings.TrimLeft(path.Dir(clean), "/"), abs)
+	_, err := c.checkParent(hdr.Name, what, strings.TrimLeft(path.Dir(clean), "/"), abs)
+	return err
 }
 
 // layerPath is a directory of the merged view in one layer: layer 0 is the
@@ -119,16 +176,17 @@ type layerPath struct {
 // a hard link target is written so) through the merged view, and fails
 // with ErrEscape if it leaves the root. what describes dir for the error.
 // With rooted (an absolute hard link target), ".." at the root stays there
-// until a symlink has been followed.
-func (c *escapeChecker) checkParent(name, what, dir string, rooted bool) error {
+// until a symlink has been followed. plain reports that no symlink was.
+func (c *escapeChecker) checkParent(name string, describe func() string, dir string, rooted bool) (plain bool, err error) {
 	if dir == "." || dir == "" {
-		return nil
+		return true, nil
 	}
 	// Without "..", rooted makes no difference.
-	cacheable := !slices.Contains(strings.Split(dir, "/"), "..")
-	if _, ok := c.verified[dir]; ok && cacheable {
-		return nil
+	cacheable := !strings.Contains(dir, "..") || !slices.Contains(strings.Split(dir, "/"), "..")
+	if plain, ok := c.verified[dir]; ok && cacheable {
+		return plain, nil
 	}
+	what := describe()
 	type frame struct {
 		rel  string      // path in the merged view
 		dirs []layerPath // where this directory is, upper first
@@ -149,9 +207,9 @@ func (c *escapeChecker) checkParent(name, what, dir string, rooted bool) error {
 					continue
 				}
 				if followed == 0 {
-					return escapeError(name, "%s leads outside the root", what)
+					return false, escapeError(name, "%s leads outside the root", what)
 				}
-				return escapeError(name, "%s goes through symlink %s, which leads outside the root", what, lastLink)
+				return false, escapeError(name, "%s goes through symlink %s, which leads outside the root", what, lastLink)
 			}
 			stack = stack[:len(stack)-1]
 			continue
@@ -167,20 +225,20 @@ func (c *escapeChecker) checkParent(name, what, dir string, rooted bool) error {
 				if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 					continue
 				}
-				return fmt.Errorf("entry %q: checking %s: %w", name, what, &os.PathError{Op: "lstat", Path: p, Err: err})
+				return false, fmt.Errorf("entry %q: checking %s: %w", name, what, &os.PathError{Op: "lstat", Path: p, Err: err})
 			}
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFLNK:
 				target, err := os.Readlink(p)
 				if err != nil {
-					return fmt.Errorf("entry %q: checking %s: %w", name, what, err)
+					return false, fmt.Errorf("entry %q: checking %s: %w", name, what, err)
 				}
 				if followed++; followed > maxSymlinks {
-					return fmt.Errorf("entry %q: checking %s: too many levels of symbolic links", name, what)
+					return false, fmt.Errorf("entry %q: checking %s: too many levels of symbolic links", name, what)
 				}
 				lastLink = fmt.Sprintf("%q -> %q%s", next.rel, target, c.where(d.layer))
 				if path.IsAbs(target) {
-					return escapeError(name, "%s goes through symlink %s, an absolute path outside the root", what, lastLink)
+					return false, escapeError(name, "%s goes through symlink %s, an absolute path outside the root", what, lastLink)
 				}
 				// Not pushed: the target resolves from top.
 				todo = append(strings.Split(target, "/"), todo...)
@@ -195,20 +253,16 @@ func (c *escapeChecker) checkParent(name, what, dir string, rooted bool) error {
 			stack = append(stack, next)
 		}
 	}
-	if !cacheable {
-		return nil
+	if cacheable {
+		c.remember(dir, followed == 0)
 	}
-	if c.verified == nil {
-		c.verified = map[string]struct{}{}
-	}
-	c.verified[dir] = struct{}{}
-	return nil
+	return followed == 0, nil
 }
 
 // rootDirs are the layer roots merged at "/".
 func (c *escapeChecker) rootDirs() []layerPath {
 	dirs := []layerPath{{c.root, 0}}
-	if mergeStops(c.root) {
+	if len(c.lowers) == 0 || mergeStops(c.root) {
 		return dirs
 	}
 	for i, l := range c.lowers {
@@ -229,7 +283,7 @@ func (c *escapeChecker) rootDirs() []layerPath {
 func (c *escapeChecker) merge(comp string, dirs []layerPath) []layerPath {
 	first := layerPath{dirs[0].path + "/" + comp, dirs[0].layer}
 	out := []layerPath{first}
-	if mergeStops(first.path) {
+	if len(dirs) == 1 || mergeStops(first.path) {
 		return out
 	}
 	for _, d := range dirs[1:] {

@@ -147,6 +147,17 @@ func TestApplyRefusesEscapesThroughExisting(t *testing.T) {
 			[]entry{fileE("usr/l/inside", "x")}, "", ""},
 		{"lower symlink inside the root", nil, []entry{dirE("usr/"), dirE("usr/lib/"), symlinkE("lib", "usr/lib")},
 			[]entry{fileE("lib/inside", "x")}, "", ""},
+		// Directories verified for earlier entries, then changed.
+		{"verified directory replaced by a symlink", []entry{dirE("a/"), dirE("a/b/")}, nil,
+			[]entry{fileE("a/b/f", "x"), symlinkE("a/b", "/"), fileE("a/b/escape1", "x")}, "a/b/escape1", `symlink "a/b" -> "/"`},
+		{"verified directory's parent replaced by a symlink", []entry{dirE("a/"), dirE("a/b/"), dirE("a/b/c/")}, nil,
+			[]entry{fileE("a/b/c/f", "x"), symlinkE("a/b", "/"), fileE("a/b/c/escape1", "x")}, "a/b/c/escape1", `symlink "a/b" -> "/"`},
+		{"verified directory's parent replaced by a hard link to a symlink", []entry{dirE("a/"), dirE("a/b/"), dirE("a/b/c/"), symlinkE("s", "/")}, nil,
+			[]entry{fileE("a/b/c/f", "x"), hardlinkE("a/b", "s"), fileE("a/b/c/escape1", "x")}, "a/b/c/escape1", `symlink "a/b" -> "/"`},
+		{"target of a verified symlink replaced", []entry{dirE("a/")}, nil,
+			[]entry{symlinkE("l", "a"), fileE("l/f", "x"), symlinkE("a", "/"), fileE("l/escape1", "x")}, "l/escape1", `symlink "a" -> "/"`},
+		{"lower symlink uncovered under a verified directory", []entry{dirE("u/"), dirE("u/d/"), fileE("u/.wh.l", "")}, []entry{dirE("u/"), symlinkE("u/l", "/")},
+			[]entry{fileE("u/d/f", "x"), dirE("u/l/"), fileE("u/l/inside", "x")}, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sandbox, dir := layerDir(t)
@@ -162,8 +173,12 @@ func TestApplyRefusesEscapesThroughExisting(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			parents := []string{lower}
+			if tc.lower == nil {
+				parents = nil
+			}
 			data := buildTar(t, tc.entries, nil)
-			res, err := applyHostile(t, sandbox, dir, data, []string{lower})
+			res, err := applyHostile(t, sandbox, dir, data, parents)
 			t.Logf("error: %v", err)
 			if tc.entry == "" {
 				if err != nil {
