@@ -19,7 +19,6 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
-	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sys/unix"
 )
@@ -132,8 +131,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	defer dec.Close()
 
 	uncompressed := &limitReader{r: dec, max: opts.MaxUncompressed}
-	parsed := &countingReader{} // reads decoded, below
-	rec := &recorder{stream: parsed}
+	rec := &recorder{}
 	var tsz *gzip.Writer
 	if opts.TarSplit != nil {
 		// BestSpeed, as containers/storage: the metadata is mostly
@@ -147,18 +145,11 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	// The decompressor (with the compressed digest, and reading r) runs
 	// in a goroutine of its own, ahead of tar-split's parser and its
 	// checksums: on two cores, decompression is then alone on the critical
-	// path. tar-split parses the stream in its own goroutine and hands the
-	// same bytes on to the extractor, through the prefetcher's goroutine,
-	// which hashes them.
+	// path. tar-split parses the stream in another goroutine, hashes it,
+	// and hands the same bytes on to the extractor.
 	decoded := newPrefetcher(uncompressed, nil)
-	parsed.r = decoded
-	tarStream, done, err := asm.NewInputTarStreamWithDone(parsed, rec, rec)
-	if err != nil {
-		decoded.stopAndWait()
-		return ApplyResult{}, fmt.Errorf("layerdiff: tar-split: %w", err)
-	}
 	uncompressedHash := digest.Canonical.Hash()
-	prefetched := newPrefetcher(tarStream, uncompressedHash)
+	tarStream, done := splitStream(decoded, uncompressedHash, rec)
 
 	v := &vetter{
 		root:  root,
@@ -169,20 +160,18 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		gids:  map[uint32]struct{}{},
 	}
 	ex := newExtractor(root, opts.Parents, v)
-	applyErr := ex.apply(ctx, prefetched)
+	applyErr := ex.apply(ctx, tarStream)
 	afterEnd := false
 	if applyErr == nil {
 		// The extractor stops at the end-of-archive marker; tar-split goes
 		// on reading what follows (the second zero block, blocking-factor
 		// padding) and needs someone to take it.
 		afterEnd = true
-		_, applyErr = io.Copy(io.Discard, prefetched)
+		_, applyErr = io.Copy(io.Discard, tarStream)
 	}
-	// On error, closing makes the recorder's next write and the
-	// prefetcher's next read fail so that they stop; the recorder always
-	// sends on done once it no longer touches r.
+	// On error, closing makes the parser's next hand-off fail so that it
+	// stops; it always sends on done once it no longer reads.
 	tarStream.Close()
-	prefetched.stopAndWait()
 	recErr := <-done
 	// tar-split no longer reads: it is at EOF, or failed, or stopped.
 	decoded.stopAndWait()
@@ -425,7 +414,7 @@ type recorder struct {
 	packer storage.Packer // nil: not recording
 	// stream is what the parser reads; its count tells how many stream
 	// bytes a payload took.
-	stream   *countingReader
+	stream   *teeBatcher
 	buf      [32 << 10]byte
 	lastPut  int64 // payload bytes the parser returned for the entry
 	lastRaw  int64 // stream bytes it read for them
@@ -503,18 +492,6 @@ func (c *hashCounter) Write(p []byte) (int, error) {
 	}
 	c.n += int64(len(p))
 	return len(p), nil
-}
-
-// countingReader counts what is read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // limitReader counts the decompressed stream, enforces the size bound, and

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -106,6 +108,36 @@ func TestApplyReplacesWhatIsThere(t *testing.T) {
 	}
 	if fi, err := os.Lstat(filepath.Join(dir, "todir")); err != nil || !fi.IsDir() {
 		t.Errorf("todir: %v %v", fi, err)
+	}
+	if got, err := reassemble(t, dir, ts.Bytes()); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("Reassemble: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestApplyHandsOverWhatItHas: bytes the parser has read reach the
+// extractor before the parser waits for more input, however few they are.
+// The input here sends the rest of the layer only once the first file is
+// on disk.
+func TestApplyHandsOverWhatItHas(t *testing.T) {
+	requireRoot(t)
+	data := buildTar(t, []entry{fileE("first", "small"), fileE("second", "more")}, nil)
+	cut := 3 * 512 // the first header, its content block, the second header
+	_, dir := layerDir(t)
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(data[:cut])
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if _, err := os.Lstat(filepath.Join(dir, "first")); err == nil {
+				pw.Write(data[cut:])
+				pw.Close()
+				return
+			}
+		}
+		pw.CloseWithError(errors.New("the first file was not extracted before the rest came"))
+	}()
+	var ts bytes.Buffer
+	if _, err := Apply(context.Background(), dir, pr, ApplyOptions{TarSplit: &ts}); err != nil {
+		t.Fatal(err)
 	}
 	if got, err := reassemble(t, dir, ts.Bytes()); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("Reassemble: %d bytes, %v", len(got), err)

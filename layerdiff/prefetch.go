@@ -6,16 +6,8 @@ import (
 )
 
 // prefetcher reads r ahead in its own goroutine, hashing what it reads
-// (unless hash is nil).
-//
-// tar-split hands the stream to the extractor through an io.Pipe, whose
-// every write waits until the extractor has taken all of it; the
-// decompressor and tar-split's checksumming then mostly wait on the
-// extractor's file writes and the other way round. A few buffers in between
-// let them overlap, and the SHA-256 of the uncompressed stream, computed
-// here, runs on a third goroutine. Every byte of the uncompressed stream
-// passes through the pipe (tar-split tees what it reads, padding included),
-// so the hash is the uncompressed digest once r is at EOF.
+// (unless hash is nil). Apply runs the decompressor in one, so that
+// decompression overlaps with tar-split's parsing and checksums.
 type prefetcher struct {
 	full chan chunk  // read, in order; the last one carries the error
 	free chan []byte // buffers to read into
@@ -96,6 +88,11 @@ func (p *prefetcher) Read(b []byte) (int, error) {
 	n := copy(b, p.cur.buf[p.off:p.cur.n])
 	p.off += n
 	return n, nil
+}
+
+// buffered reports whether Read has bytes without waiting.
+func (p *prefetcher) buffered() bool {
+	return p.off < p.cur.n || len(p.full) > 0
 }
 
 // stop ends the goroutine and waits for it. If it is in a Read of r, that
