@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,8 +72,13 @@ func start(t *testing.T, address string, args ...string) *proc {
 
 func startNoWait(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
+	return startCmd(t, exec.Command(binary, append([]string{"serve"}, args...)...))
+}
+
+// startCmd starts cmd (a daemon) and kills it when the test ends.
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -276,5 +283,259 @@ func TestServeGracefulStop(t *testing.T) {
 	info, err := client2.Content.Info(ctx, dgst)
 	if err != nil || info.Size != int64(len(blob)) {
 		t.Fatalf("blob after restart: %+v %v", info, err)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts file systems and must run as root")
+	}
+}
+
+// notifySocket is a fake systemd notification socket.
+type notifySocket struct {
+	path string
+	conn *net.UnixConn
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &notifySocket{path: path, conn: conn}
+}
+
+// next returns the next notification, failing after 10 seconds.
+func (n *notifySocket) next(t *testing.T) string {
+	t.Helper()
+	buf := make([]byte, 4096)
+	n.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	k, err := n.conn.Read(buf)
+	if err != nil {
+		t.Fatalf("no notification: %v", err)
+	}
+	return string(buf[:k])
+}
+
+func stat(t *testing.T, addr string) error {
+	t.Helper()
+	client, err := daemon.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "test"), 5*time.Second)
+	defer cancel()
+	_, err = client.Snapshotter.Stat(ctx, "nothing")
+	return err
+}
+
+// TestServeNotifiesSystemd: with $NOTIFY_SOCKET set, serve says READY=1
+// (and a STATUS) once the socket answers, and STOPPING=1 on SIGTERM.
+func TestServeNotifiesSystemd(t *testing.T) {
+	root, runRoot := dirs(t)
+	addr := filepath.Join(runRoot, "cs-snapshotter.sock")
+	n := newNotifySocket(t)
+	cmd := exec.Command(binary, "serve", "--root", root, "--run-root", runRoot)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path)
+	p := startCmd(t, cmd)
+
+	msg := n.next(t)
+	if !strings.Contains(msg, "READY=1") || !strings.Contains(msg, "STATUS=serving on "+addr) {
+		t.Fatalf("first notification %q, want READY=1 and STATUS=serving on %s", msg, addr)
+	}
+	// Ready means ready: the socket answers right away.
+	if err := stat(t, addr); !errdefs.IsNotFound(err) {
+		t.Fatalf("stat right after READY=1: %v", err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := n.next(t); !strings.Contains(msg, "STOPPING=1") {
+		t.Errorf("notification on SIGTERM %q, want STOPPING=1", msg)
+	}
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.stderr)
+	}
+}
+
+// TestServeSocketActivation passes serve a listening socket the way
+// systemd does ($LISTEN_FDS, $LISTEN_PID, fd 3): it serves on it, creates
+// no socket of its own, and leaves the passed socket file to its owner.
+func TestServeSocketActivation(t *testing.T) {
+	root, runRoot := dirs(t)
+	addr := filepath.Join(t.TempDir(), "activated.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	n := newNotifySocket(t)
+	// $LISTEN_PID must be the daemon's own pid: set it from a shell that
+	// then becomes the daemon.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", binary, "serve", "--root", root, "--run-root", runRoot)
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+n.path)
+	cmd.ExtraFiles = []*os.File{f}
+	p := startCmd(t, cmd)
+	f.Close()
+
+	if msg := n.next(t); !strings.Contains(msg, "READY=1") || !strings.Contains(msg, addr) {
+		t.Fatalf("notification %q, want READY=1 naming %s\n%s", msg, addr, p.stderr)
+	}
+	if err := stat(t, addr); !errdefs.IsNotFound(err) {
+		t.Fatalf("stat on the passed socket: %v\n%s", err, p.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(runRoot, "cs-snapshotter.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the daemon created its own socket too: %v", err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.stderr)
+	}
+	if _, err := os.Stat(addr); err != nil {
+		t.Errorf("the passed socket file was removed: %v", err)
+	}
+}
+
+func unixGet(t *testing.T, socket, path string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := c.Get("http://cs" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", path, resp.Status, err)
+	}
+	return string(body)
+}
+
+// TestServeMetricsAndDebug configures [metrics] and [debug] addresses and
+// scrapes them after a call.
+func TestServeMetricsAndDebug(t *testing.T) {
+	root, runRoot := dirs(t)
+	addr := filepath.Join(runRoot, "cs-snapshotter.sock")
+	metrics := filepath.Join(runRoot, "metrics.sock")
+	debug := filepath.Join(runRoot, "debug.sock")
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("root = %q\nrun_root = %q\n[metrics]\naddress = %q\n[debug]\naddress = %q\n", root, runRoot, metrics, debug)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, addr, "--config", cfg)
+	if err := stat(t, addr); !errdefs.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	text := unixGet(t, metrics, "/metrics")
+	for _, want := range []string{
+		`cs_snapshotter_grpc_requests_total{code="NotFound",method="Stat",service="containerd.services.snapshots.v1.Snapshots"} 1`,
+		`cs_snapshotter_grpc_errors_total{code="NotFound",method="Stat",service="containerd.services.snapshots.v1.Snapshots"} 1`,
+		`cs_snapshotter_grpc_request_duration_seconds_count{method="Stat",service="containerd.services.snapshots.v1.Snapshots"} 1`,
+		`cs_snapshotter_snapshots{kind="Committed"} 0`,
+		"cs_snapshotter_content_blobs 0",
+		"cs_snapshotter_root_bytes ",
+		"cs_snapshotter_content_ingest_bytes_total 0",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if text := unixGet(t, debug, "/debug/pprof/"); !strings.Contains(text, "heap") {
+		t.Errorf("pprof index: %q", text)
+	}
+
+	t.Run("metrics address in use", func(t *testing.T) {
+		q := startNoWait(t, "--config", cfg, "--root", filepath.Join(t.TempDir(), "root"), "--address", filepath.Join(t.TempDir(), "other.sock"))
+		if err := q.wait(t); err == nil {
+			t.Fatal("started on a metrics socket in use")
+		}
+		if msg := strings.TrimSpace(q.stderr.String()); strings.Contains(msg, "\n") || !strings.Contains(msg, "metrics endpoint: socket "+metrics+" is in use by another process") {
+			t.Errorf("error %q", msg)
+		}
+	})
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.stderr)
+	}
+	for _, s := range []string{metrics, debug} {
+		if _, err := os.Stat(s); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", s, err)
+		}
+	}
+}
+
+// mountReadOnly bind-mounts a new directory onto itself read-only.
+func mountReadOnly(t *testing.T) string {
+	t.Helper()
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "ro")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", dir, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestServeFailedStartsSayWhy: each failed start prints one line naming
+// its cause.
+func TestServeFailedStartsSayWhy(t *testing.T) {
+	requireRoot(t)
+	ro := mountReadOnly(t)
+	_, runRoot := dirs(t)
+
+	// overlayfs cannot use an overlayfs as its upper directory: a root
+	// inside an overlay mount is one overlay cannot work on.
+	ov := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(filepath.Join(ov, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	merged := filepath.Join(ov, "merged")
+	if err := syscall.Mount("overlay", merged, "overlay", 0, fmt.Sprintf("lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work", ov, ov, ov)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"root on a read-only mount", []string{"--root", ro}, "root " + ro + " is not writable: read-only file system"},
+		{"root under a read-only mount", []string{"--root", ro + "/root"}, "root " + ro + "/root cannot be created: mkdir " + ro + "/root: read-only file system"},
+		{"overlayfs unsupported", []string{"--root", merged + "/root"}, "overlayfs is not usable on " + merged + "/root"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startNoWait(t, append(tc.args, "--run-root", runRoot)...)
+			if err := p.wait(t); err == nil {
+				t.Fatal("started")
+			}
+			msg := strings.TrimSpace(p.stderr.String())
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q, want one line saying %q", msg, tc.want)
+			}
+		})
 	}
 }
