@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 
 	storage "github.com/cs-snapshotter/cs-snapshotter"
 )
@@ -73,11 +75,67 @@ func cmdStatus(c *cli, _ []string) (int, error) {
 	return 0, nil
 }
 
+// Set at build time:
+//
+//	go build -ldflags "-X main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD)"
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// containerdAPIModule is the module of containerd's gRPC API the daemon
+// serves.
+const containerdAPIModule = "github.com/containerd/containerd/api"
+
+// buildVersions returns cs-snapshotter's version and git commit (the
+// -ldflags values, else what the Go toolchain recorded), the Go version
+// and the containerd API module version it was built with.
+func buildVersions() [][2]string {
+	v, c, api := version, commit, "unknown"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+			v = info.Main.Version
+		}
+		var rev, modified string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if c == "unknown" && rev != "" {
+			c = rev
+			if modified == "true" {
+				c += "-dirty"
+			}
+		}
+		for _, m := range info.Deps {
+			if m.Path == containerdAPIModule {
+				if m.Replace != nil {
+					m = m.Replace
+				}
+				api = m.Version
+			}
+		}
+	}
+	return [][2]string{
+		{"cs-snapshotter Version", v},
+		{"Git Commit", c},
+		{"Go Version", runtime.Version()},
+		{"containerd API Version", api},
+	}
+}
+
+// cmdVersion prints containers-storage's version lines, then
+// cs-snapshotter's own.
 func cmdVersion(c *cli, _ []string) (int, error) {
 	version, err := c.store.Version()
 	if err != nil {
 		return 1, fmt.Errorf("version: %w", err)
 	}
+	version = append(version, buildVersions()...)
 	if c.opts.json {
 		return c.outputJSON(version)
 	}
