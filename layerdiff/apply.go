@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
@@ -112,7 +113,18 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	}
 
 	compressed := &hashCounter{h: digest.Canonical.Hash()}
-	br := bufio.NewReaderSize(io.TeeReader(ctxReader{ctx, r}, compressed), 128<<10)
+	// r is read, and hashed, ahead in a goroutine of its own, off the
+	// decompressor's.
+	raw := newPrefetcher(io.TeeReader(ctxReader{ctx, r}, compressed), nil)
+	rawStopped := false
+	stopRaw := func() {
+		if !rawStopped {
+			rawStopped = true
+			raw.stopAndWait()
+		}
+	}
+	defer stopRaw()
+	br := bufio.NewReaderSize(raw, 128<<10)
 	comp, err := DetectCompression(br)
 	if err != nil {
 		return ApplyResult{}, err
@@ -124,7 +136,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	if comp == Uncompressed {
 		// Both digests are of the same bytes: hash them once, on the
 		// uncompressed side, which sees the peeked bytes too.
-		compressed.h = nil
+		compressed.skip.Store(true)
 	}
 	// Released before the compressed tail is drained below; this one is
 	// for the error paths.
@@ -142,8 +154,8 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		}
 		rec.packer = storage.NewJSONPacker(tsz)
 	}
-	// The decompressor (with the compressed digest, and reading r) runs
-	// in a goroutine of its own, ahead of tar-split's parser and its
+	// The decompressor runs in a goroutine of its own too, ahead of
+	// tar-split's parser and its
 	// checksums: on two cores, decompression is then alone on the critical
 	// path. tar-split parses the stream in another goroutine, hashes it,
 	// and hands the same bytes on to the extractor.
@@ -213,6 +225,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	} else if opts.MaxUncompressed > 0 && n > opts.MaxUncompressed {
 		return ApplyResult{}, fmt.Errorf("layerdiff: %w: more than %d bytes after the %s stream", ErrTooLarge, opts.MaxUncompressed, comp)
 	}
+	stopRaw() // at EOF: compressed is complete
 	if tsz != nil {
 		if err := tsz.Close(); err != nil {
 			return ApplyResult{}, fmt.Errorf("layerdiff: writing tar-split: %w", err)
@@ -228,7 +241,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 		GIDs:               sortedIDs(v.gids),
 	}
 	res.CompressedDigest = res.UncompressedDigest
-	if compressed.h != nil {
+	if !compressed.skip.Load() {
 		res.CompressedDigest = digest.NewDigest(digest.Canonical, compressed.h)
 	}
 	if opts.TarSplit != nil {
@@ -479,15 +492,16 @@ func (rc *recorder) AddEntry(e storage.Entry) (int, error) {
 	return pos, nil
 }
 
-// hashCounter is the writer side of a tee: it hashes (unless h is nil) and
+// hashCounter is the writer side of a tee: it hashes (until skip is set) and
 // counts.
 type hashCounter struct {
-	h hash.Hash
-	n int64
+	h    hash.Hash
+	n    int64
+	skip atomic.Bool // stop hashing (set from another goroutine)
 }
 
 func (c *hashCounter) Write(p []byte) (int, error) {
-	if c.h != nil {
+	if !c.skip.Load() {
 		c.h.Write(p)
 	}
 	c.n += int64(len(p))
