@@ -47,7 +47,7 @@ type extractor struct {
 	gid     int
 	buf     []byte
 
-	dirs []*tar.Header // for their times, set at the end
+	dirs []madeDir // for their times, set at the end
 	// made maps a parent directory as a tar name writes it (filepath.Split)
 	// to where it resolved, made and known to be a directory.
 	made map[string]string
@@ -116,12 +116,19 @@ func (e *extractor) apply(ctx context.Context, r io.Reader) error {
 			return err
 		}
 	}
-	for _, hdr := range e.dirs {
-		p, err := fs.RootPath(e.root, hdr.Name)
-		if err != nil {
-			return err
+	for _, d := range e.dirs {
+		// Where archive.Apply looks for it again. Unless an entry
+		// replaced or removed something, or went through a symlink, it is
+		// where it was made: every directory on the way was made (or
+		// found) as one and is still there.
+		p := d.path
+		if e.disturbed {
+			var err error
+			if p, err = fs.RootPath(e.root, d.hdr.Name); err != nil {
+				return err
+			}
 		}
-		if err := chtimes(p, hdr); err != nil {
+		if err := chtimes(p, d.hdr); err != nil {
 			return err
 		}
 	}
@@ -199,7 +206,6 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 		} else {
 			fresh = false
 		}
-		delete(e.dirMode, p)
 	case tar.TypeBlock, tar.TypeChar, tar.TypeFifo:
 		fmode := mode
 		switch hdr.Typeflag {
@@ -257,9 +263,19 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 		return err
 	}
 	if hdr.Typeflag == tar.TypeDir {
-		e.dirs = append(e.dirs, hdr)
+		e.dirs = append(e.dirs, madeDir{hdr, p})
+		// Entries in it need not resolve it again, nor look at its mode.
+		e.dirMode[p] = uint32(hdr.Mode & 0o7777)
+		if p == filepath.Join(e.root, hdr.Name) {
+			e.made[hdr.Name+"/"] = p
+		}
 	}
 	return nil
+}
+
+type madeDir struct {
+	hdr  *tar.Header
+	path string
 }
 
 // remove removes what is at p for hdr to replace it.
