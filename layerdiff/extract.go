@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,6 +55,10 @@ type extractor struct {
 	// dirMode caches the mode of directories files are created in, to know
 	// whether a new inode takes the directory's group.
 	dirMode map[string]uint32
+	// defaultACL caches whether directories have a default ACL; umask is
+	// the process's, -1 if unknown.
+	defaultACL map[string]bool
+	umask      int
 	// disturbed: an entry replaced or removed something already in the
 	// directory, or landed elsewhere than its name says (through a
 	// symlink). Otherwise every file written is still where its name
@@ -63,13 +68,15 @@ type extractor struct {
 
 func newExtractor(root string, parents []string, v *vetter) *extractor {
 	return &extractor{
-		root:    root,
-		parents: parents,
-		v:       v,
-		uid:     os.Geteuid(),
-		gid:     os.Getegid(),
-		made:    map[string]string{},
-		dirMode: map[string]uint32{},
+		root:       root,
+		parents:    parents,
+		v:          v,
+		uid:        os.Geteuid(),
+		gid:        os.Getegid(),
+		made:       map[string]string{},
+		dirMode:    map[string]uint32{},
+		defaultACL: map[string]bool{},
+		umask:      processUmask(),
 	}
 }
 
@@ -78,6 +85,7 @@ func newExtractor(root string, parents []string, v *vetter) *extractor {
 func (e *extractor) changed() {
 	clear(e.made)
 	clear(e.dirMode)
+	clear(e.defaultACL)
 }
 
 const whiteoutOpaqueDir = ".wh..wh..opq"
@@ -266,6 +274,7 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 		e.dirs = append(e.dirs, madeDir{hdr, p})
 		// Entries in it need not resolve it again, nor look at its mode.
 		e.dirMode[p] = uint32(hdr.Mode & 0o7777)
+		delete(e.defaultACL, p) // its xattrs may have set one
 		if p == filepath.Join(e.root, hdr.Name) {
 			e.made[hdr.Name+"/"] = p
 		}
@@ -375,8 +384,10 @@ func (e *extractor) fill(ctx context.Context, fd int, hdr *tar.Header, p, parent
 	if err := e.xattrs(ctx, hdr, p, fd); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(fd, uint32(hdr.Mode&0o7777)); err != nil {
-		return &os.PathError{Op: "fchmod", Path: p, Err: err}
+	if mode := uint32(hdr.Mode & 0o7777); !e.createsWithMode(mode, parent) {
+		if err := unix.Fchmod(fd, mode); err != nil {
+			return &os.PathError{Op: "fchmod", Path: p, Err: err}
+		}
 	}
 	ts := times(hdr)
 	if _, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0); errno != 0 {
@@ -402,6 +413,41 @@ func (e *extractor) owned(hdr *tar.Header, parent string) bool {
 		e.dirMode[parent] = m
 	}
 	return m&unix.S_ISGID == 0
+}
+
+// createsWithMode reports whether a file created in parent with mode has
+// it exactly: no set-ID or sticky bits (which creation or chown can drop),
+// none the umask takes away, and no default ACL in parent (which would
+// stand in for the umask).
+func (e *extractor) createsWithMode(mode uint32, parent string) bool {
+	if mode&0o7000 != 0 || e.umask < 0 || mode&uint32(e.umask) != 0 {
+		return false
+	}
+	acl, ok := e.defaultACL[parent]
+	if !ok {
+		_, err := unix.Getxattr(parent, "system.posix_acl_default", nil)
+		acl = err == nil || !(errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP))
+		e.defaultACL[parent] = acl
+	}
+	return !acl
+}
+
+// processUmask reads the process's umask, -1 if it cannot.
+func processUmask() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				return -1
+			}
+			return int(m)
+		}
+	}
+	return -1
 }
 
 func chownError(p string, hdr *tar.Header, err error) error {

@@ -4,12 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestApplyOwnersInSetgidDirectory: the extractor skips chown when a new
@@ -142,4 +145,45 @@ func TestApplyHandsOverWhatItHas(t *testing.T) {
 	if got, err := reassemble(t, dir, ts.Bytes()); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("Reassemble: %d bytes, %v", len(got), err)
 	}
+}
+
+// TestApplyModeUnderDefaultACL: a default ACL, not the umask, masks the mode
+// of files created in its directory; the extractor, which skips chmod when
+// creation alone gives the mode, must not skip it there. The directory gets
+// its ACL from its entry's xattrs, in a second entry after a first file.
+func TestApplyModeUnderDefaultACL(t *testing.T) {
+	requireRoot(t)
+	// posix_acl_xattr: version 2, then (tag, perm, id) entries: owner rwx,
+	// group r-x, other ---.
+	acl := make([]byte, 4+3*8)
+	binary.LittleEndian.PutUint32(acl, 2)
+	for i, e := range [][2]uint16{{0x01, 7}, {0x04, 5}, {0x20, 0}} {
+		binary.LittleEndian.PutUint16(acl[4+8*i:], e[0])
+		binary.LittleEndian.PutUint16(acl[6+8*i:], e[1])
+		binary.LittleEndian.PutUint32(acl[8+8*i:], 0xffffffff)
+	}
+	probe := t.TempDir()
+	if err := unix.Setxattr(probe, "system.posix_acl_default", acl, 0); err != nil {
+		t.Skipf("no default ACLs here: %v", err)
+	}
+	data := buildTar(t, []entry{
+		dirE("d/"), fileE("d/before", "x"), withDefaultACL("d/", acl), fileE("d/after", "y"),
+		withDefaultACL("e/", acl), fileE("e/f", "z"),
+	}, nil)
+	// tar-split refuses the second "d/": apply without one.
+	_, dir := layerDir(t)
+	if _, err := Apply(context.Background(), dir, bytes.NewReader(data), ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"d/before", "d/after", "e/f"} {
+		if st := lstat(t, filepath.Join(dir, name)); st.Mode&0o7777 != 0o644 {
+			t.Errorf("%s: mode %#o, want 0644", name, st.Mode&0o7777)
+		}
+	}
+}
+
+func withDefaultACL(name string, acl []byte) entry {
+	e := dirE(name)
+	e.hdr.PAXRecords = map[string]string{"SCHILY.xattr.system.posix_acl_default": string(acl)}
+	return e
 }
