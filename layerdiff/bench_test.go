@@ -127,3 +127,39 @@ func BenchmarkReassemble(b *testing.B) {
 		rc.Close()
 	}
 }
+
+// BenchmarkApplyFile applies the layer blob $LAYERDIFF_BENCH_FILE (say
+// scripts/compare-cstorage.sh's big.tar.gz or small.tar); skipped without.
+func BenchmarkApplyFile(b *testing.B) {
+	requireRoot(b)
+	name := os.Getenv("LAYERDIFF_BENCH_FILE")
+	if name == "" {
+		b.Skip("$LAYERDIFF_BENCH_FILE not set")
+	}
+	fi, err := os.Stat(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(fi.Size())
+	root := benchDir(b)
+	for i := range b.N {
+		dir := filepath.Join(root, fmt.Sprint(i))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = Apply(context.Background(), dir, f, ApplyOptions{TarSplit: io.Discard})
+		f.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := os.RemoveAll(dir); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
