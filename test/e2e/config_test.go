@@ -42,7 +42,7 @@ func TestContainerdConfig(t *testing.T) {
 		t.Errorf("disabled_plugins = %v", cfg.DisabledPlugins)
 	}
 	want := map[string]srvconfig.ProxyPlugin{
-		"cs":         {Type: "snapshot", Address: in.CSSocket, Exports: map[string]string{"root": in.CSRoot}, Capabilities: []string{"rebase"}},
+		"cs":         {Type: "snapshot", Address: in.CSSocket, Exports: map[string]string{"root": in.CSRoot, "enable_remote_snapshot_annotations": "true"}, Capabilities: []string{"rebase"}},
 		"cs-content": {Type: "content", Address: in.CSSocket},
 		"cs-diff":    {Type: "diff", Address: in.CSSocket},
 	}
