@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
@@ -124,7 +125,7 @@ func (d *Daemon) NewServer() *grpc.Server {
 		grpc.ChainUnaryInterceptor(metricsUnary, logUnary),
 		grpc.ChainStreamInterceptor(metricsStream, logStream),
 	)
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn)})
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn), d.sn})
 	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
 	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv
@@ -223,11 +224,28 @@ func Listen(address string, g config.GRPC) (net.Listener, error) {
 	return l, nil
 }
 
-// snapshotsService mends containerd's snapshot service, whose List returns
-// Walk's error without a gRPC code: a malformed filter must reach the
-// client as InvalidArgument, not Unknown.
+// snapshotsService mends two things in containerd's contrib snapshot
+// service: List returns Walk's error without a gRPC code (a malformed filter
+// must reach the client as InvalidArgument, not Unknown), and Commit drops
+// the request's parent, which containerd's parallel unpack (the "rebase"
+// capability) sends to stack a layer prepared without one.
 type snapshotsService struct {
 	snapshotsapi.SnapshotsServer
+	sn snapshots.Snapshotter
+}
+
+func (s snapshotsService) Commit(ctx context.Context, req *snapshotsapi.CommitSnapshotRequest) (*emptypb.Empty, error) {
+	if req.Parent == "" {
+		return s.SnapshotsServer.Commit(ctx, req)
+	}
+	opts := []snapshots.Opt{snapshots.WithParent(req.Parent)}
+	if req.Labels != nil {
+		opts = append(opts, snapshots.WithLabels(req.Labels))
+	}
+	if err := s.sn.Commit(ctx, req.Name, req.Key, opts...); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
 func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream snapshotsapi.Snapshots_ListServer) error {

@@ -173,3 +173,26 @@ func TestOwnedSnapshot(t *testing.T) {
 		}
 	})
 }
+
+// TestRebaseOverSocket: Commit's parent reaches the snapshotter through
+// the socket (containerd's parallel unpack depends on it).
+func TestRebaseOverSocket(t *testing.T) {
+	forEachSubject(t, func(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, p string) {
+		if _, err := sn.Prepare(ctx, p+"base-a", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := sn.Commit(ctx, p+"base", p+"base-a"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sn.Prepare(ctx, p+"top-a", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := sn.Commit(ctx, p+"top", p+"top-a", snapshots.WithParent(p+"base"), snapshots.WithLabels(map[string]string{"l": "v"})); err != nil {
+			t.Fatal(err)
+		}
+		info, err := sn.Stat(ctx, p+"top")
+		if err != nil || info.Parent != p+"base" || info.Labels["l"] != "v" {
+			t.Fatalf("after commit with a parent: %+v %v", info, err)
+		}
+	})
+}
