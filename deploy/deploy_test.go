@@ -110,7 +110,7 @@ func checkContainerd(t *testing.T, cfg *srvconfig.Config) {
 		t.Errorf("disabled_plugins = %v", cfg.DisabledPlugins)
 	}
 	wantPlugins := map[string]srvconfig.ProxyPlugin{
-		"cs":         {Type: "snapshot", Address: sock, Exports: map[string]string{"root": config.DefaultRoot}, Capabilities: []string{"rebase"}},
+		"cs":         {Type: "snapshot", Address: sock, Exports: map[string]string{"root": config.DefaultRoot, "enable_remote_snapshot_annotations": "true"}, Capabilities: []string{"rebase"}},
 		"cs-content": {Type: "content", Address: sock},
 		"cs-diff":    {Type: "diff", Address: sock},
 	}
