@@ -1,0 +1,206 @@
+package differ_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	diffapi "github.com/containerd/containerd/api/services/diff/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/differ"
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
+)
+
+type env struct {
+	ctx  context.Context
+	sn   *snapshotter.Snapshotter
+	cs   *contentstore.Store
+	diff *differ.Service
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the differ writes overlay whiteouts and must run as root")
+	}
+	root := t.TempDir()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	db, err := metadata.Open(ctx, filepath.Join(root, metadata.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	cs, err := contentstore.New(filepath.Join(root, "content"), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ctx: ctx, cs: cs}
+	e.sn, err = snapshotter.New(ctx, root, db, snapshotter.Options{
+		Removed: func(ctx context.Context, id string, l map[string]string) { e.diff.Released(ctx, id, l) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.diff = differ.New(e.sn, cs, db)
+	return e
+}
+
+func layerBlob(t *testing.T, files map[string]string) (blob []byte, tarball []byte) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for name, body := range files {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	var gb bytes.Buffer
+	gw := gzip.NewWriter(&gb)
+	gw.Write(tb.Bytes())
+	gw.Close()
+	return gb.Bytes(), tb.Bytes()
+}
+
+func (e *env) store(t *testing.T, blob []byte) ocispec.Descriptor {
+	t.Helper()
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	if err := content.WriteBlob(e.ctx, e.cs, "pull-"+desc.Digest.Encoded(), bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+	return desc
+}
+
+func apiMounts(mounts []mount.Mount) []*types.Mount {
+	var out []*types.Mount
+	for _, m := range mounts {
+		out = append(out, &types.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	return out
+}
+
+func apiDesc(d ocispec.Descriptor) *types.Descriptor {
+	return &types.Descriptor{MediaType: d.MediaType, Digest: d.Digest.String(), Size: d.Size}
+}
+
+// TestApplyAndCompare: a layer applied by the differ gets its records on
+// the committed snapshot; Compare answers with its original blob; removing
+// the snapshot releases the tar-split.
+func TestApplyAndCompare(t *testing.T) {
+	e := newEnv(t)
+	blob, tarball := layerBlob(t, map[string]string{"etc/hello": "hello"})
+	desc := e.store(t, blob)
+
+	mounts, err := e.sn.Prepare(e.ctx, "extract", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.diff.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: apiMounts(mounts)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Applied.Digest != digest.FromBytes(tarball).String() || resp.Applied.Size != int64(len(tarball)) {
+		t.Errorf("applied %+v, want the diff ID %s", resp.Applied, digest.FromBytes(tarball))
+	}
+	if got, _ := os.ReadFile(filepath.Join(mounts[0].Source, "etc/hello")); string(got) != "hello" {
+		t.Errorf("file not extracted: %q", got)
+	}
+	if err := e.sn.Commit(e.ctx, "layer", "extract", snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": "x"})); err != nil {
+		t.Fatal(err)
+	}
+	info, err := e.sn.Stat(e.ctx, "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := info.Labels[cslabels.TarSplit]
+	if ts == "" || info.Labels[cslabels.CompressedDigest] != desc.Digest.String() || info.Labels["containerd.io/snapshot.ref"] != "x" {
+		t.Fatalf("committed labels %v", info.Labels)
+	}
+
+	view, err := e.sn.View(e.ctx, "view", "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.diff.Diff(e.ctx, &diffapi.DiffRequest{Right: apiMounts(view), MediaType: ocispec.MediaTypeImageLayerGzip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Diff.Digest != desc.Digest.String() {
+		t.Errorf("compare gave %s, want the original blob %s", d.Diff.Digest, desc.Digest)
+	}
+	// An active snapshot's changes are containerd's differ's to compute.
+	active, err := e.sn.Prepare(e.ctx, "container", "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.diff.Diff(e.ctx, &diffapi.DiffRequest{Left: apiMounts(view), Right: apiMounts(active)}); !errdefs.IsNotImplemented(errgrpc.ToNative(err)) {
+		t.Errorf("compare of an active snapshot: %v", err)
+	}
+	for _, key := range []string{"container", "view", "layer"} {
+		if err := e.sn.Remove(e.ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.cs.Info(e.ctx, digest.Digest(ts)); !errdefs.IsNotFound(err) {
+		t.Errorf("tar-split outlived its snapshot: %v", err)
+	}
+}
+
+// TestApplyRefusals: what the differ does not do answers NotImplemented (the
+// diff service then asks containerd's own); a blob that is not what its
+// descriptor says is refused; nothing is recorded either way.
+func TestApplyRefusals(t *testing.T) {
+	e := newEnv(t)
+	blob, _ := layerBlob(t, map[string]string{"a": "a"})
+	desc := e.store(t, blob)
+	mounts, err := e.sn.Prepare(e.ctx, "extract", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := desc
+	wrong.Digest = digest.FromString("other")
+	encrypted := desc
+	encrypted.MediaType = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"
+	for name, c := range map[string]struct {
+		req  *diffapi.ApplyRequest
+		want func(error) bool
+	}{
+		"encrypted": {&diffapi.ApplyRequest{Diff: apiDesc(encrypted), Mounts: apiMounts(mounts)}, errdefs.IsNotImplemented},
+		"not ours":  {&diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: []*types.Mount{{Type: "bind", Source: t.TempDir()}}}, errdefs.IsNotImplemented},
+		"tmpfs":     {&diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: []*types.Mount{{Type: "tmpfs", Source: "none"}}}, errdefs.IsNotImplemented},
+		"unknown blob": {&diffapi.ApplyRequest{Diff: apiDesc(wrong), Mounts: apiMounts(mounts)}, func(err error) bool {
+			return errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err)
+		}},
+		"no descriptor": {&diffapi.ApplyRequest{Mounts: apiMounts(mounts)}, errdefs.IsInvalidArgument},
+	} {
+		_, err := e.diff.Apply(e.ctx, c.req)
+		if err = errgrpc.ToNative(err); !c.want(err) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := e.sn.Commit(e.ctx, "layer", "extract"); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := e.sn.Stat(e.ctx, "layer")
+	for k := range info.Labels {
+		if strings.HasPrefix(k, cslabels.Prefix) {
+			t.Errorf("refused applies left label %s", k)
+		}
+	}
+}
