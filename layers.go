@@ -267,6 +267,16 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// validNames refuses empty names.
+func validNames(names []string) error {
+	for _, n := range names {
+		if n == "" {
+			return fmt.Errorf("a layer name may not be empty: %w", ErrInvalidName)
+		}
+	}
+	return nil
+}
+
 // dedupe keeps the first of each name, dropping empty ones.
 func dedupe(names []string) []string {
 	seen := map[string]bool{}
@@ -412,6 +422,9 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 	}
 	if _, ok := idx.byID[id]; ok {
 		return nil, -1, fmt.Errorf("layer %q: %w", id, ErrDuplicateID)
+	}
+	if err := validNames(names); err != nil {
+		return nil, -1, err
 	}
 	names = dedupe(names)
 	for _, n := range names {
@@ -570,11 +583,17 @@ func (s *store) deleteSnapshot(key string) error {
 // SetNames replaces the names of layer id. A name another layer has moves
 // to this one, as in containers/storage.
 func (s *store) SetNames(id string, names []string) error {
+	if err := validNames(names); err != nil {
+		return err
+	}
 	return s.updateNames(id, func([]string) []string { return dedupe(names) })
 }
 
 // AddNames adds names to layer id.
 func (s *store) AddNames(id string, names []string) error {
+	if err := validNames(names); err != nil {
+		return err
+	}
 	return s.updateNames(id, func(old []string) []string { return dedupe(append(append([]string(nil), names...), old...)) })
 }
 

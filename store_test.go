@@ -294,10 +294,13 @@ func TestLayers(t *testing.T) {
 					})))
 					return err
 				},
-				"bad id": func() error { _, err := s.CreateLayer("cs.x", "", nil, "", false, nil); return err },
+				"bad id":         func() error { _, err := s.CreateLayer("cs.x", "", nil, "", false, nil); return err },
+				"empty name":     func() error { _, err := s.CreateLayer("", "", []string{"ok", ""}, "", false, nil); return err },
+				"add empty name": func() error { return s.AddNames(base.ID, []string{""}) },
 			} {
 				want := map[string]error{"duplicate name": ErrDuplicateName, "duplicate id": ErrDuplicateID,
 					"unknown parent": ErrLayerUnknown, "delete parent": ErrLayerHasChildren, "bad id": ErrNotSupported,
+					"empty name": ErrInvalidName, "add empty name": ErrInvalidName,
 					"escaping entry": layerdiff.ErrEscape, "hard link escape": layerdiff.ErrEscape}[name]
 				err := call()
 				if err == nil || (want != nil && !errors.Is(err, want)) {
@@ -497,7 +500,12 @@ func TestLayers(t *testing.T) {
 		t.Run("containerd snapshots are layers", func(t *testing.T) {
 			ctx := namespaces.WithNamespace(context.Background(), "x")
 			key := "default/7/sha256:" + strings.Repeat("a", 64)
-			if _, err := sn.Prepare(ctx, "tmp", ""); err != nil {
+			m, err := sn.Prepare(ctx, "tmp", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Written as containerd's own differ would: no tar-split.
+			if err := os.WriteFile(filepath.Join(m[0].Source, "from-containerd"), []byte("x"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if err := sn.Commit(ctx, key, "tmp"); err != nil {
@@ -510,6 +518,24 @@ func TestLayers(t *testing.T) {
 			l, _ := s.Layer(id)
 			if len(l.ID) != 64 || l.Names[0] != key {
 				t.Errorf("containerd layer %+v", l)
+			}
+			// Its diff is computed from its files.
+			rc, err := s.Diff("", id, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := tar.NewReader(rc)
+			found := false
+			for {
+				h, err := tr.Next()
+				if err != nil {
+					break
+				}
+				found = found || strings.TrimPrefix(h.Name, "/") == "from-containerd"
+			}
+			rc.Close()
+			if !found {
+				t.Error("computed diff lacks the snapshot's file")
 			}
 		})
 
