@@ -235,12 +235,12 @@ type snapshotsService struct {
 }
 
 func (s snapshotsService) Commit(ctx context.Context, req *snapshotsapi.CommitSnapshotRequest) (*emptypb.Empty, error) {
-	if req.Parent == "" {
-		return s.SnapshotsServer.Commit(ctx, req)
-	}
-	opts := []snapshots.Opt{snapshots.WithParent(req.Parent)}
+	var opts []snapshots.Opt
 	if req.Labels != nil {
 		opts = append(opts, snapshots.WithLabels(req.Labels))
+	}
+	if req.Parent != "" {
+		opts = append(opts, snapshots.WithParent(req.Parent))
 	}
 	if err := s.sn.Commit(ctx, req.Name, req.Key, opts...); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -252,27 +252,32 @@ func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream sn
 	return errgrpc.ToGRPC(s.SnapshotsServer.List(req, stream))
 }
 
-// removeIncomplete removes every snapshot marked incomplete, children first.
+// removeIncomplete removes every snapshot marked incomplete. One that
+// cannot go (it has children) keeps its labels, ownership included, and is
+// reported.
 func removeIncomplete(ctx context.Context, sn snapshots.Snapshotter) error {
-	var keys []string
+	var found []snapshots.Info
 	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-		keys = append(keys, info.Name)
+		found = append(found, info)
 		return nil
 	}, fmt.Sprintf("labels.%q", cslabels.Incomplete)); err != nil {
 		return err
 	}
 	var errs []error
-	for i := len(keys) - 1; i >= 0; i-- {
-		key := keys[i]
-		if _, err := sn.Update(ctx, snapshots.Info{Name: key}, "labels."+cslabels.Owned); err != nil {
+	for _, info := range found {
+		owned := info.Labels[cslabels.Owned]
+		if _, err := sn.Update(ctx, snapshots.Info{Name: info.Name}, "labels."+cslabels.Owned); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if err := sn.Remove(ctx, key); err != nil {
-			errs = append(errs, err)
+		if err := sn.Remove(ctx, info.Name); err != nil {
+			if owned != "" {
+				sn.Update(ctx, snapshots.Info{Name: info.Name, Labels: map[string]string{cslabels.Owned: owned}}, "labels."+cslabels.Owned)
+			}
+			errs = append(errs, fmt.Errorf("incomplete layer %s: %w", info.Name, err))
 			continue
 		}
-		log.G(ctx).WithField("key", key).Info("removed incomplete layer")
+		log.G(ctx).WithField("key", info.Name).Info("removed incomplete layer")
 	}
 	return errors.Join(errs...)
 }
