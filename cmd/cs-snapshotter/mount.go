@@ -119,21 +119,7 @@ func cmdUnmount(c *cli, args []string) (int, error) {
 		}
 		results = append(results, r)
 	}
-	if c.opts.json {
-		if _, err := c.outputJSON(results); err != nil {
-			return 1, err
-		}
-	} else {
-		for _, r := range results {
-			if r.Error != "" {
-				errorf(c.stderr, "%s while unmounting %s", r.Error, r.ID)
-			}
-		}
-	}
-	if failed {
-		return 1, nil
-	}
-	return 0, nil
+	return c.reportIDErrors(results, failed, "%s while unmounting %s")
 }
 
 // cmdMounted prints "ID mounted" for each argument that is; 1 if any
@@ -152,6 +138,13 @@ func cmdMounted(c *cli, args []string) (int, error) {
 		}
 		results = append(results, r)
 	}
+	return c.reportIDErrors(results, failed, "%s checking if %s is mounted")
+}
+
+// reportIDErrors ends unmount and mounted: the results as JSON, or each
+// error on stderr (format takes the error, then the ID); status 1 if any
+// failed.
+func (c *cli) reportIDErrors(results []idError, failed bool, format string) (int, error) {
 	if c.opts.json {
 		if _, err := c.outputJSON(results); err != nil {
 			return 1, err
@@ -159,7 +152,7 @@ func cmdMounted(c *cli, args []string) (int, error) {
 	} else {
 		for _, r := range results {
 			if r.Error != "" {
-				errorf(c.stderr, "%s checking if %s is mounted", r.Error, r.ID)
+				errorf(c.stderr, format, r.Error, r.ID)
 			}
 		}
 	}
