@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -374,17 +375,20 @@ func (s *store) LayersByUncompressedDigest(d digest.Digest) ([]Layer, error) {
 	return s.layersBy(func(l *Layer) bool { return l.UncompressedDigest == d })
 }
 
-// Exists reports whether id names a layer.
+// Exists reports whether id names a layer or an image.
 func (s *store) Exists(id string) bool {
 	idx, err := s.load()
 	if err != nil {
 		return false
 	}
-	_, ok := idx.lookup(id)
-	return ok
+	if _, ok := idx.lookup(id); ok {
+		return true
+	}
+	r, _, err := s.lookupImage(id)
+	return err == nil && r != nil
 }
 
-// Lookup returns the ID of the layer id names.
+// Lookup returns the ID of the layer, or else the image, name names.
 func (s *store) Lookup(name string) (string, error) {
 	idx, err := s.load()
 	if err != nil {
@@ -392,6 +396,13 @@ func (s *store) Lookup(name string) (string, error) {
 	}
 	r, ok := idx.lookup(name)
 	if !ok {
+		img, _, err := s.lookupImage(name)
+		if err != nil {
+			return "", err
+		}
+		if img != nil {
+			return img.ID, nil
+		}
 		return "", ErrLayerUnknown
 	}
 	return r.ID, nil
@@ -614,9 +625,14 @@ func (s *store) RemoveNames(id string, names []string) error {
 	})
 }
 
-// Names returns the names of layer id.
+// Names returns the names of layer, or else image, id.
 func (s *store) Names(id string) ([]string, error) {
 	l, err := s.Layer(id)
+	if errors.Is(err, ErrLayerUnknown) {
+		if img, _, ierr := s.lookupImage(id); ierr == nil && img != nil {
+			return append([]string(nil), img.Names...), nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -630,6 +646,13 @@ func (s *store) updateNames(id string, change func(old []string) []string) error
 	}
 	r, err := idx.get(id)
 	if err != nil {
+		img, iidx, ierr := s.lookupImage(id)
+		if ierr != nil {
+			return ierr
+		}
+		if img != nil {
+			return s.imageUpdateNames(img, iidx, change)
+		}
 		return err
 	}
 	labelled := orderedNames(r.labels, cslabels.Layer)
@@ -665,18 +688,37 @@ func (s *store) updateNames(id string, change func(old []string) []string) error
 	return mapErr(err)
 }
 
-// Metadata returns the metadata of layer id.
+// Metadata returns the metadata of layer, or else image, id.
 func (s *store) Metadata(id string) (string, error) {
 	l, err := s.Layer(id)
+	if errors.Is(err, ErrLayerUnknown) {
+		if img, _, ierr := s.lookupImage(id); ierr == nil && img != nil {
+			return img.Metadata, nil
+		}
+	}
 	if err != nil {
 		return "", err
 	}
 	return l.Metadata, nil
 }
 
-// SetMetadata replaces the metadata of layer id.
+// SetMetadata replaces the metadata of layer, or else image, id.
 func (s *store) SetMetadata(id, metadata string) error {
+	if !s.layerExists(id) {
+		if img, _, err := s.lookupImage(id); err == nil && img != nil {
+			return s.imageSetMetadata(img, metadata)
+		}
+	}
 	return s.setLabel(id, cslabels.Metadata, metadata)
+}
+
+func (s *store) layerExists(id string) bool {
+	idx, err := s.load()
+	if err != nil {
+		return false
+	}
+	_, ok := idx.lookup(id)
+	return ok
 }
 
 func (s *store) setLabel(id, key, value string) error {
@@ -707,6 +749,13 @@ func (s *store) DeleteLayer(id string) error {
 			return fmt.Errorf("used by layer %v: %w", other.ID, ErrLayerHasChildren)
 		}
 	}
+	img, err := s.imageUsing(r.ID)
+	if err != nil {
+		return err
+	}
+	if img != nil {
+		return fmt.Errorf("used by image %v: %w", img.ID, ErrLayerUsedByImage)
+	}
 	if r.MountCount > 0 {
 		if _, err := s.Unmount(r.ID, true); err != nil {
 			return err
@@ -726,17 +775,28 @@ func (s *store) DeleteLayer(id string) error {
 	return nil
 }
 
-// Delete removes the layer id.
+// Delete removes the image id (only its record, as containers/storage
+// does) or else the layer id.
 func (s *store) Delete(id string) error {
-	if !s.Exists(id) {
+	img, _, err := s.lookupImage(id)
+	if err != nil {
+		return err
+	}
+	if img != nil {
+		return s.deleteImage(img)
+	}
+	if !s.layerExists(id) {
 		return ErrNotAnID
 	}
 	return s.DeleteLayer(id)
 }
 
-// Wipe deletes every layer the store made, children first. Snapshots
+// Wipe deletes every image, then every layer the store made, children first. Snapshots
 // containerd made are containerd's to remove and are left alone.
 func (s *store) Wipe() error {
+	if err := s.wipeImages(); err != nil {
+		return err
+	}
 	for {
 		idx, err := s.load()
 		if err != nil {

@@ -225,8 +225,11 @@ func backingFS(path string) string {
 	return fstype
 }
 
-// Store is the layer part of containers/storage's Store, with the same
-// method names, signatures and meanings.
+// Store is the layer and image part of containers/storage's Store, with
+// the same method names, signatures and meanings. Names, SetNames,
+// AddNames, RemoveNames, Metadata, SetMetadata, Exists and Lookup look for
+// a layer first, then an image; Delete for an image first, as
+// containers/storage does.
 type Store interface {
 	RunRoot() string
 	GraphRoot() string
@@ -263,6 +266,19 @@ type Store interface {
 	SetMetadata(id, metadata string) error
 	Exists(id string) bool
 	Lookup(name string) (string, error)
+
+	CreateImage(id string, names []string, layer, metadata string, options *ImageOptions) (*Image, error)
+	Image(id string) (*Image, error)
+	Images() ([]Image, error)
+	ImagesByTopLayer(id string) ([]*Image, error)
+	ImagesByDigest(d digest.Digest) ([]*Image, error)
+	ListImageBigData(id string) ([]string, error)
+	ImageBigData(id, key string) ([]byte, error)
+	ImageBigDataSize(id, key string) (int64, error)
+	ImageBigDataDigest(id, key string) (digest.Digest, error)
+	SetImageBigData(id, key string, data []byte, digestManifest func([]byte) (digest.Digest, error)) error
+	ImageSize(id string) (int64, error)
+	DeleteImage(id string, commit bool) (layers []string, err error)
 
 	Delete(id string) error
 	DeleteLayer(id string) error

@@ -111,3 +111,61 @@ const (
 	// containerd's garbage collector does not take it.
 	BlobRefPrefix = "cs.ref."
 )
+
+// Image record labels: content labels on an image's record blob (a small
+// immutable JSON document {"id","created","top-layer"}), holding the image's
+// mutable fields. Content labels need no "containerd.io/snapshot/" prefix:
+// containerd passes no labels to a proxy content store, and the store talks
+// to the daemon directly.
+const (
+	// ImageMarker ("1") marks a blob as an image record of the store;
+	// the value is the record format's version.
+	ImageMarker = "cs.image"
+	// ImageID is the image's ID. Enforced: the daemon claims it in the
+	// transaction that writes the labels, so an ID belongs to one record.
+	ImageID = "cs.image-id"
+	// ImageNamePrefix + name records a name of the image; the value is
+	// its position among the names. Enforced like ImageID: a name belongs
+	// to one image.
+	ImageNamePrefix = "cs.image-name."
+	// ImageMetadata is the image's metadata string.
+	ImageMetadata = "cs.metadata"
+	// ImageDigest is the image's Digest.
+	ImageDigest = "cs.image-digest"
+	// ImageDigests is the image's Digests, a JSON list: Digest and the
+	// digests of its manifest big data items, as containers/storage
+	// computes them.
+	ImageDigests = "cs.image-digests"
+	// ImageBigDataPrefix + key is the digest of the blob holding big data
+	// item key; the blob carries the label ImageRef(id, "bigdata/"+key).
+	ImageBigDataPrefix = "cs.bigdata."
+	// ImageBigDataSizePrefix + key is the size of big data item key.
+	ImageBigDataSizePrefix = "cs.bigdata-size."
+	// ImageBigDataDigestPrefix + key is the digest of big data item key
+	// when it is not the blob's (a manifest digested by the caller's
+	// function).
+	ImageBigDataDigestPrefix = "cs.bigdata-digest."
+	// ImageNamesHistory is the image's NamesHistory, JSON.
+	ImageNamesHistory = "cs.names-history"
+	// ImageFlags is the image's Flags, JSON.
+	ImageFlags = "cs.flags"
+	// GCRefSnapshot is the snapshot key of the image's top layer, in
+	// containerd's garbage collection reference form.
+	GCRefSnapshot = "containerd.io/gc.ref.snapshot.cs"
+)
+
+// Image is the kind of image names, and ImageIDKind that of image IDs, in
+// the daemon's name index. They are claimed from content labels, not
+// snapshot labels, so they are not in Kinds.
+const (
+	Image       Kind = "image"
+	ImageIDKind Kind = "image-id"
+)
+
+// ImageRef is the label a blob image id uses carries: the record itself
+// (use "record") or a big data item ("bigdata/<key>"). It begins with
+// BlobRefPrefix, so the daemon keeps the blob from containerd's garbage
+// collector.
+func ImageRef(id, use string) string {
+	return BlobRefPrefix + "image." + id + "." + use
+}

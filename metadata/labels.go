@@ -48,22 +48,45 @@ func (l *ContentLabels) Get(dgst digest.Digest) (labels map[string]string, err e
 	return labels, err
 }
 
-// Set replaces all labels of dgst.
+// Set replaces all labels of dgst. The image names and ID among the labels
+// (cslabels.ImageNamePrefix, cslabels.ImageID) are claimed for the blob in
+// the same transaction; one another blob holds is refused with an error
+// wrapping errdefs.ErrAlreadyExists naming the holder, and nothing changes.
 func (l *ContentLabels) Set(dgst digest.Digest, labels map[string]string) error {
 	return l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
 		parent := labelsBucket(tx)
+		if err := releaseContentNames(tx, dgst, readLabels(parent.Bucket([]byte(dgst)))); err != nil {
+			return err
+		}
 		if err := parent.DeleteBucket([]byte(dgst)); err != nil && err != bolt.ErrBucketNotFound {
 			return fmt.Errorf("reset labels of %s: %w", dgst, err)
+		}
+		if err := claimContentNames(tx, dgst, labels); err != nil {
+			return err
 		}
 		return putLabels(parent, dgst, labels)
 	})
 }
 
 // Update sets the given labels of dgst; an empty value removes a label. It
-// returns all labels after the change.
+// returns all labels after the change. Image names and IDs are claimed and
+// released as by Set.
 func (l *ContentLabels) Update(dgst digest.Digest, update map[string]string) (labels map[string]string, err error) {
 	err = l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
 		parent := labelsBucket(tx)
+		old := readLabels(parent.Bucket([]byte(dgst)))
+		released := map[string]string{}
+		for k, v := range update {
+			if old[k] != "" && old[k] != v {
+				released[k] = old[k]
+			}
+		}
+		if err := releaseContentNames(tx, dgst, released); err != nil {
+			return err
+		}
+		if err := claimContentNames(tx, dgst, update); err != nil {
+			return err
+		}
 		if err := putLabels(parent, dgst, update); err != nil {
 			return err
 		}
@@ -73,9 +96,13 @@ func (l *ContentLabels) Update(dgst digest.Digest, update map[string]string) (la
 	return labels, err
 }
 
-// Delete drops every label of dgst; the blob is gone.
+// Delete drops every label of dgst; the blob is gone. Its image names and
+// ID are released.
 func (l *ContentLabels) Delete(dgst digest.Digest) error {
 	return l.db.Update(context.Background(), func(_ context.Context, tx *bolt.Tx) error {
+		if err := releaseContentNames(tx, dgst, readLabels(labelsBucket(tx).Bucket([]byte(dgst)))); err != nil {
+			return err
+		}
 		if err := labelsBucket(tx).DeleteBucket([]byte(dgst)); err != nil && err != bolt.ErrBucketNotFound {
 			return fmt.Errorf("delete labels of %s: %w", dgst, err)
 		}
