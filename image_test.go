@@ -370,6 +370,17 @@ func TestImages(t *testing.T) {
 			if err != nil || !reflect.DeepEqual(layers, []string{base.ID}) {
 				t.Errorf("DeleteImage(img) = %v, %v", layers, err)
 			}
+			// Delete removes an image's record only.
+			five, err := s.CreateImage("", []string{"five"}, "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Delete("five"); err != nil || s.Exists(five.ID) {
+				t.Errorf("Delete(image) = %v, exists %v", err, s.Exists(five.ID))
+			}
+			if _, err := s.CreateImage("", []string{"six"}, "", "", nil); err != nil {
+				t.Fatal(err)
+			}
 			if err := s.Wipe(); err != nil {
 				t.Fatal(err)
 			}
@@ -431,7 +442,27 @@ func TestImageNameRace(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%d blobs, want the one record", n)
 		}
-		// Racing for a name through SetNames: of two images, one holds it.
+		// Racing for an ID: one record holds it.
+		id := newID()
+		for i := 0; i < clients; i++ {
+			go func() {
+				_, err := s.CreateImage(id, nil, "", "", nil)
+				errs <- err
+			}()
+		}
+		wins = 0
+		for i := 0; i < clients; i++ {
+			switch err := <-errs; {
+			case err == nil:
+				wins++
+			case !errors.Is(err, ErrDuplicateID):
+				t.Errorf("unexpected error: %v", err)
+			}
+		}
+		if imgs, _ := s.Images(); wins != 1 || len(imgs) != 2 {
+			t.Errorf("%d winners of the ID, %d images", wins, len(imgs))
+		}
+		// SetNames takes the contested name over: still one image holds it.
 		a, err := s.CreateImage("", []string{"a"}, "", "", nil)
 		if err != nil {
 			t.Fatal(err)
