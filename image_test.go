@@ -417,7 +417,9 @@ func TestImageNameRace(t *testing.T) {
 		errs := make(chan error, clients)
 		for i := 0; i < clients; i++ {
 			go func() {
-				_, err := s.CreateImage("", []string{"contested", fmt.Sprint("own-", i)}, "", "", nil)
+				_, err := s.CreateImage("", []string{"contested", fmt.Sprint("own-", i)}, "", "", &ImageOptions{
+					BigData: []ImageBigDataOption{{Key: "config", Data: []byte(fmt.Sprint("config ", i))}},
+				})
 				errs <- err
 			}()
 		}
@@ -439,8 +441,8 @@ func TestImageNameRace(t *testing.T) {
 			n++
 			return nil
 		})
-		if n != 1 {
-			t.Errorf("%d blobs, want the one record", n)
+		if n != 2 {
+			t.Errorf("%d blobs, want the winner's record and big data", n)
 		}
 		// Racing for an ID: one record holds it.
 		id := newID()
