@@ -486,3 +486,29 @@ func TestImageNameRace(t *testing.T) {
 		}
 	})
 }
+
+// TestImageOnWriteableLayer: an image whose top layer is writeable keeps
+// pointing at it once the layer is committed to become a parent.
+func TestImageOnWriteableLayer(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		rw, err := s.CreateLayer("", "", nil, "", true, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := s.CreateImage("", []string{"on-rw"}, rw.ID, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateLayer("", rw.ID, nil, "", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		idx, err := s.(*store).loadImages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := idx.byID[img.ID]
+		if got := r.labels[cslabels.GCRefSnapshot]; got != rw.ID {
+			t.Errorf("image's snapshot reference %q, want the committed layer %q", got, rw.ID)
+		}
+	})
+}

@@ -512,7 +512,25 @@ func (s *store) freeze(p *layerRecord) error {
 	if err := s.sn.Commit(s.ctx, p.ID, p.key, snapshots.WithLabels(p.labels)); err != nil {
 		return mapErr(fmt.Errorf("commit writeable layer %s to be a parent: %w", p.ID, err))
 	}
+	old := p.key
 	p.key, p.writeable = p.ID, false
+	return s.retargetImages(old, p.key)
+}
+
+// retargetImages points the images whose top layer lived in snapshot from
+// at snapshot to.
+func (s *store) retargetImages(from, to string) error {
+	idx, err := s.loadImages()
+	if err != nil {
+		return err
+	}
+	for _, r := range idx.list {
+		if r.labels[cslabels.GCRefSnapshot] == from {
+			if err := s.updateImageLabels(r.dgst, map[string]string{cslabels.GCRefSnapshot: to}); err != nil {
+				return fmt.Errorf("image %s: %w", r.ID, err)
+			}
+		}
+	}
 	return nil
 }
 
