@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+
+	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+)
+
+// opResult is one operation's latency distribution for one subject.
+type opResult struct {
+	Snapshots int     `json:"snapshots"`
+	Subject   string  `json:"subject"` // inproc or socket
+	Op        string  `json:"op"`
+	Samples   int     `json:"samples"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+}
+
+const chainDepth = 20
+
+type population struct {
+	all, tips, actives []string
+}
+
+// populateStore makes n snapshots as daemon/bench_test.go does: chains of
+// 19 committed layers with an active snapshot on top, each labelled
+// bench.group=<chain mod 100>.
+func populateStore(ctx context.Context, sn snapshots.Snapshotter, n int) (*population, error) {
+	p := &population{}
+	for chain := 0; chain*chainDepth < n; chain++ {
+		depth := min(chainDepth, n-chain*chainDepth)
+		lbl := snapshots.WithLabels(map[string]string{"bench.group": strconv.Itoa(chain % 100)})
+		parent := ""
+		for layer := 0; layer < depth-1; layer++ {
+			name := fmt.Sprintf("chain%d/layer%d", chain, layer)
+			key := name + "-extract"
+			if _, err := sn.Prepare(ctx, key, parent, lbl); err != nil {
+				return nil, err
+			}
+			if err := sn.Commit(ctx, name, key, lbl); err != nil {
+				return nil, err
+			}
+			p.all = append(p.all, name)
+			parent = name
+		}
+		key := fmt.Sprintf("chain%d/container", chain)
+		if _, err := sn.Prepare(ctx, key, parent, lbl); err != nil {
+			return nil, err
+		}
+		p.all = append(p.all, key)
+		p.actives = append(p.actives, key)
+		if parent != "" {
+			p.tips = append(p.tips, parent)
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	r.Shuffle(len(p.all), func(i, j int) { p.all[i], p.all[j] = p.all[j], p.all[i] })
+	return p, nil
+}
+
+// snapOps opens a daemon root with n snapshots (the daemon's default
+// config: synchronous remove) and measures each operation in-process
+// (d.Snapshotter()) and over the unix socket through containerd's proxy
+// client (daemon.Dial), alternating call by call.
+func snapOps(ctx context.Context, work string, n int) ([]opResult, error) {
+	root := filepath.Join(work, fmt.Sprintf("snapops-%d", n))
+	_ = os.RemoveAll(root)
+	defer os.RemoveAll(root)
+	cfg := config.Default()
+	cfg.Root = root
+	cfg.RunRoot = filepath.Join(root, "run")
+	addr := cfg.Address()
+	d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "cs bench", Address: addr})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	l, err := daemon.Listen(addr, cfg.GRPC)
+	if err != nil {
+		return nil, err
+	}
+	srv := d.NewServer()
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Stop()
+	client, err := daemon.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+
+	inproc := snapshots.Snapshotter(d.Snapshotter())
+	start := time.Now()
+	pop, err := populateStore(ctx, inproc, n)
+	if err != nil {
+		return nil, err
+	}
+	logf("snapshot ops: %d snapshots populated in %v", n, time.Since(start).Round(time.Millisecond))
+	subjects := []struct {
+		name string
+		sn   snapshots.Snapshotter
+	}{{"inproc", inproc}, {"socket", client.Snapshotter}}
+	// warm the connection
+	if _, err := client.Snapshotter.Stat(ctx, pop.all[0]); err != nil {
+		return nil, err
+	}
+
+	var res []opResult
+	measure := func(op string, samples int, prep func(subj string, i int) (string, error), f func(sn snapshots.Snapshotter, key string, i int) error) error {
+		lat := make([][]time.Duration, len(subjects))
+		for i := 0; i < samples; i++ {
+			for s, subj := range subjects {
+				key := ""
+				if prep != nil {
+					var err error
+					if key, err = prep(subj.name, i); err != nil {
+						return fmt.Errorf("%s: prepare: %w", op, err)
+					}
+				}
+				t0 := time.Now()
+				if err := f(subj.sn, key, i); err != nil {
+					return fmt.Errorf("%s %s: %w", op, subj.name, err)
+				}
+				lat[s] = append(lat[s], time.Since(t0))
+			}
+		}
+		for s, subj := range subjects {
+			res = append(res, opResult{Snapshots: n, Subject: subj.name, Op: op, Samples: samples,
+				P50us: us(percentile(lat[s], 50)), P99us: us(percentile(lat[s], 99))})
+		}
+		logf("  %-8s n=%-5d inproc p50 %8.1f µs p99 %8.1f µs | socket p50 %8.1f µs p99 %8.1f µs", op, n,
+			res[len(res)-2].P50us, res[len(res)-2].P99us, res[len(res)-1].P50us, res[len(res)-1].P99us)
+		return nil
+	}
+	seq := 0
+	key := func(subj, what string) string { seq++; return fmt.Sprintf("bench-%s-%s-%d", what, subj, seq) }
+	var made []string
+	err = errors.Join(
+		measure("Stat", 3000, nil, func(sn snapshots.Snapshotter, _ string, i int) error {
+			_, err := sn.Stat(ctx, pop.all[i%len(pop.all)])
+			return err
+		}),
+		measure("Mounts", 1000, nil, func(sn snapshots.Snapshotter, _ string, i int) error {
+			_, err := sn.Mounts(ctx, pop.actives[i%len(pop.actives)])
+			return err
+		}),
+		measure("Prepare", 300, nil, func(sn snapshots.Snapshotter, _ string, i int) error {
+			k := key("x", "prep")
+			made = append(made, k)
+			_, err := sn.Prepare(ctx, k, pop.tips[i%len(pop.tips)])
+			return err
+		}),
+		measure("Remove", 300, func(subj string, i int) (string, error) {
+			k := key(subj, "rm")
+			_, err := inproc.Prepare(ctx, k, pop.tips[i%len(pop.tips)])
+			return k, err
+		}, func(sn snapshots.Snapshotter, k string, _ int) error {
+			return sn.Remove(ctx, k)
+		}),
+		measure("Walk", 15, nil, func(sn snapshots.Snapshotter, _ string, _ int) error {
+			c := 0
+			err := sn.Walk(ctx, func(context.Context, snapshots.Info) error { c++; return nil })
+			if err == nil && c < n {
+				err = fmt.Errorf("walk saw %d of %d", c, n)
+			}
+			return err
+		}),
+	)
+	for _, k := range made {
+		_ = inproc.Remove(ctx, k)
+	}
+	return res, err
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
