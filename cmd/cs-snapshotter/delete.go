@@ -4,7 +4,7 @@ func init() {
 	register(
 		&command{
 			names:       []string{"delete"},
-			optionsHelp: "[LayerNameOrID [...]]",
+			optionsHelp: "[LayerOrImageOrContainerNameOrID [...]]",
 			usage:       "Delete a layer or image or container, with no safety checks",
 			minArgs:     1,
 			maxArgs:     -1,

@@ -5,7 +5,7 @@ import "fmt"
 func init() {
 	register(&command{
 		names:       []string{"exists"},
-		optionsHelp: "[LayerNameOrID [...]]",
+		optionsHelp: "[LayerOrImageOrContainerNameOrID [...]]",
 		usage:       "Check if a layer or image or container exists",
 		minArgs:     1,
 		maxArgs:     -1,
@@ -21,8 +21,8 @@ func init() {
 }
 
 // cmdExists answers with its exit status: 0 if every argument exists (as
-// a layer with -l; the store has no images or containers, so -i and -c
-// never match), 1 otherwise. It prints "ARG: true|false" for each
+// a layer with -l, as an image with -i; the store has no containers, so
+// -c never matches), 1 otherwise. It prints "ARG: true|false" for each
 // argument, whether it exists as anything, as containers-storage does.
 func cmdExists(c *cli, args []string) (int, error) {
 	exists := map[string]bool{}
@@ -39,7 +39,12 @@ func cmdExists(c *cli, args []string) (int, error) {
 				ok = false
 			}
 		}
-		if c.opts.existImage || c.opts.existContainer {
+		if c.opts.existImage {
+			if i, err := c.store.Image(what); i == nil || err != nil {
+				ok = false
+			}
+		}
+		if c.opts.existContainer {
 			ok = false
 		}
 		missing = missing || !ok

@@ -71,6 +71,9 @@ type options struct {
 
 	existLayer, existImage, existContainer bool
 
+	digest     string
+	testDelete bool
+
 	diffUncompressed, diffGzip, diffBzip2, diffXz bool
 }
 

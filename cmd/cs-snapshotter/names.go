@@ -18,8 +18,8 @@ func init() {
 	register(
 		&command{
 			names:       []string{"get-names", "getnames"},
-			optionsHelp: "[options [...]] layerNameOrID",
-			usage:       "Get layer name or names",
+			optionsHelp: "[options [...]] imageOrContainerNameOrID",
+			usage:       "Get layer, image, or container name or names",
 			minArgs:     1,
 			maxArgs:     1,
 			flags:       jsonFlag,
@@ -27,8 +27,8 @@ func init() {
 		},
 		&command{
 			names:       []string{"add-names", "addnames"},
-			optionsHelp: "[options [...]] layerNameOrID",
-			usage:       "Add layer name or names",
+			optionsHelp: "[options [...]] imageOrContainerNameOrID",
+			usage:       "Add layer, image, or container name or names",
 			minArgs:     1,
 			maxArgs:     -1,
 			flags:       namesFlags("Name to add"),
@@ -36,8 +36,8 @@ func init() {
 		},
 		&command{
 			names:       []string{"remove-names", "removenames"},
-			optionsHelp: "[options [...]] layerNameOrID",
-			usage:       "Remove layer name or names",
+			optionsHelp: "[options [...]] imageOrContainerNameOrID",
+			usage:       "Remove layer, image, or container name or names",
 			minArgs:     1,
 			maxArgs:     -1,
 			flags:       namesFlags("Name to remove"),
@@ -45,8 +45,8 @@ func init() {
 		},
 		&command{
 			names:       []string{"set-names", "setnames"},
-			optionsHelp: "[options [...]] layerNameOrID",
-			usage:       "Set layer name or names",
+			optionsHelp: "[options [...]] imageOrContainerNameOrID",
+			usage:       "Set layer, image, or container name or names",
 			minArgs:     1,
 			maxArgs:     -1,
 			flags:       namesFlags("New name"),
@@ -54,8 +54,8 @@ func init() {
 		},
 		&command{
 			names:       []string{"metadata"},
-			optionsHelp: "[LayerNameOrID [...]]",
-			usage:       "Retrieve layer metadata",
+			optionsHelp: "[LayerOrImageOrContainerNameOrID [...]]",
+			usage:       "Retrieve layer, image, or container metadata",
 			minArgs:     1,
 			maxArgs:     -1,
 			flags: func(fs *flagSet, o *options) {
@@ -66,8 +66,8 @@ func init() {
 		},
 		&command{
 			names:       []string{"set-metadata", "setmetadata"},
-			optionsHelp: "[options [...]] layerNameOrID",
-			usage:       "Set layer metadata",
+			optionsHelp: "[options [...]] layerOrImageOrContainerNameOrID",
+			usage:       "Set layer, image, or container metadata",
 			minArgs:     1,
 			maxArgs:     1,
 			flags: func(fs *flagSet, o *options) {
