@@ -141,17 +141,18 @@ func (s *store) readImageDoc(info content.Info) (imageDoc, error) {
 }
 
 // loadImages lists the store's images: the record blobs marked
-// cslabels.ImageMarker. Images containerd imported (a manifest in the
-// content store, ID = config digest, top layer = the snapshot of its last
-// chain ID) are later work; they will join the index here, built from the
-// blobs themselves, since containerd tells the daemon nothing else.
+// cslabels.ImageMarker, then the images containerd imported (ctrdimages.go:
+// a manifest in the content store, ID = config digest, top layer = the
+// snapshot of its last chain ID), built from the blobs themselves since
+// containerd tells the daemon nothing else. One Walk of the content store
+// serves both. A store-made image wins an ID or a name.
 func (s *store) loadImages() (*imageIndex, error) {
 	idx := &imageIndex{byID: map[string]*imageRecord{}, byName: map[string]*imageRecord{}}
 	var infos []content.Info
 	err := s.cs.Walk(s.ctx, func(info content.Info) error {
 		infos = append(infos, info)
 		return nil
-	}, `labels."`+cslabels.ImageMarker+`"`)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
@@ -172,6 +173,25 @@ func (s *store) loadImages() (*imageIndex, error) {
 		for _, n := range r.Names {
 			idx.byName[n] = r
 		}
+	}
+	ctrd, err := s.ctrdImages(infos)
+	if err != nil {
+		return nil, fmt.Errorf("list containerd's images: %w", err)
+	}
+	for _, r := range ctrd {
+		if _, ok := idx.byID[r.ID]; ok {
+			continue
+		}
+		var names []string
+		for _, n := range r.Names {
+			if _, ok := idx.byName[n]; !ok {
+				names = append(names, n)
+				idx.byName[n] = r
+			}
+		}
+		r.Names = names
+		idx.list = append(idx.list, r)
+		idx.byID[r.ID] = r
 	}
 	sort.Slice(idx.list, func(i, j int) bool {
 		if !idx.list[i].Created.Equal(idx.list[j].Created) {
@@ -470,7 +490,7 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 	} else if strings.ContainsAny(id, "/\x00") {
 		return nil, fmt.Errorf("image ID %q: IDs may not contain '/': %w", id, ErrNotSupported)
 	}
-	if _, ok := idx.byID[id]; ok {
+	if o, ok := idx.byID[id]; ok && !o.ReadOnly { // containerd's images are another (read-only) store's
 		return nil, fmt.Errorf("an image with ID %q already exists: %w", id, ErrDuplicateID)
 	}
 	if err := validNames(names); err != nil {
@@ -478,7 +498,7 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 	}
 	names = dedupe(names)
 	for _, n := range names {
-		if other, ok := idx.byName[n]; ok {
+		if other, ok := idx.byName[n]; ok && !other.ReadOnly {
 			return nil, fmt.Errorf("image name %q is already associated with image %q: %w", n, other.ID, ErrDuplicateName)
 		}
 	}
@@ -588,6 +608,9 @@ func (s *store) deleteRecordBlob(dgst digest.Digest, id string) error {
 
 // deleteImage removes the image's record and releases its big data.
 func (s *store) deleteImage(r *imageRecord) error {
+	if err := readOnlyImage(r); err != nil {
+		return err
+	}
 	if err := s.deleteRecordBlob(r.dgst, r.ID); err != nil {
 		return fmt.Errorf("delete image %s: %w", r.ID, err)
 	}
@@ -728,6 +751,9 @@ func (s *store) SetImageBigData(id, key string, data []byte, digestManifest func
 	if err != nil {
 		return err
 	}
+	if err := readOnlyImage(r); err != nil {
+		return err
+	}
 	if err := validBigDataKey(r.ID, key); err != nil {
 		return err
 	}
@@ -822,6 +848,9 @@ func (s *store) DeleteImage(id string, commit bool) (layers []string, err error)
 	if !ok {
 		return nil, ErrNotAnImage
 	}
+	if err := readOnlyImage(r); err != nil {
+		return nil, err
+	}
 	// Containers are later work; ErrImageUsedByContainer will be checked
 	// here.
 	lidx, err := s.load()
@@ -889,10 +918,13 @@ func (s *store) imageUsing(id string) (*imageRecord, error) {
 // Image halves of the whole-store methods (layers.go asks layers first).
 
 func (s *store) imageUpdateNames(r *imageRecord, idx *imageIndex, change func(old []string) []string) error {
+	if err := readOnlyImage(r); err != nil {
+		return err
+	}
 	names := change(r.Names)
 	for _, n := range names {
 		other, ok := idx.byName[n]
-		if !ok || other == r {
+		if !ok || other == r || other.ReadOnly { // a store image's name hides containerd's
 			continue
 		}
 		if err := s.updateImageLabels(other.dgst, map[string]string{cslabels.ImageNamePrefix + n: ""}); err != nil {
@@ -918,6 +950,9 @@ func (s *store) imageUpdateNames(r *imageRecord, idx *imageIndex, change func(ol
 }
 
 func (s *store) imageSetMetadata(r *imageRecord, metadata string) error {
+	if err := readOnlyImage(r); err != nil {
+		return err
+	}
 	err := s.updateImageLabels(r.dgst, map[string]string{cslabels.ImageMetadata: metadata})
 	if errdefs.IsInvalidArgument(err) {
 		return fmt.Errorf("metadata of image %s does not fit in a label (%d bytes): %w", r.ID, len(metadata), err)
@@ -945,6 +980,9 @@ func (s *store) wipeImages() error {
 		return err
 	}
 	for _, r := range idx.list {
+		if r.ReadOnly {
+			continue // containerd's
+		}
 		if err := s.deleteImage(r); err != nil {
 			return err
 		}
