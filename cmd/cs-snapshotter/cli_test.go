@@ -275,12 +275,14 @@ func decodeJSON(t *testing.T, out string, v any) {
 func TestCLIEmbedded(t *testing.T) {
 	s := newCLIStore(t)
 	testLayerCommands(t, s, "embedded")
+	t.Run("images", func(t *testing.T) { testImageCommands(t, s) })
 }
 
 func TestCLIWithDaemon(t *testing.T) {
 	s := newCLIStore(t)
 	p := s.startDaemon()
 	testLayerCommands(t, s, "daemon")
+	t.Run("images", func(t *testing.T) { testImageCommands(t, s) })
 	select {
 	case <-p.exited:
 		t.Fatalf("daemon exited: %v\n%s", p.err, p.stderr)
