@@ -48,6 +48,37 @@ func TestStoreAndContainerd(t *testing.T) {
 	}
 	defer s.Shutdown(true)
 
+	// The image containerd imported is the store's too, read-only: ID =
+	// config digest hex, top layer = the snapshot of its last chain ID,
+	// its manifest and config readable as big data.
+	imageID := image.Config.Digest.Encoded()
+	img, err := s.Image(imageID)
+	if err != nil {
+		imgs, _ := s.Images()
+		t.Fatalf("the store does not list containerd's image %s: %v (images %+v)", imageID, err, imgs)
+	}
+	if !img.ReadOnly || img.Digest != image.Manifest.Digest {
+		t.Errorf("containerd's image: read-only %v, digest %s (manifest %s)", img.ReadOnly, img.Digest, image.Manifest.Digest)
+	}
+	if top, err := s.Layer(img.TopLayer); err != nil || len(top.Names) == 0 || !strings.HasSuffix(top.Names[0], "/"+image.ChainIDs()[len(image.Layers)-1].String()) {
+		t.Errorf("containerd's image's top layer %s: %+v, %v", img.TopLayer, top, err)
+	}
+	for key, want := range map[string][]byte{
+		"manifest": image.Blobs[image.Manifest.Digest],
+		"manifest-" + image.Manifest.Digest.String(): image.Blobs[image.Manifest.Digest],
+		image.Config.Digest.String():                 image.Blobs[image.Config.Digest],
+	} {
+		if got, err := s.ImageBigData(imageID, key); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("big data %q of containerd's image: %d bytes, %v; want %d bytes", key, len(got), err, len(want))
+		}
+	}
+	if got, err := s.ImagesByDigest(image.Manifest.Digest); err != nil || len(got) != 1 || got[0].ID != imageID {
+		t.Errorf("ImagesByDigest(%s): %v, %v", image.Manifest.Digest, got, err)
+	}
+	if err := s.SetMetadata(imageID, "x"); !errors.Is(err, storage.ErrStoreIsReadOnly) {
+		t.Errorf("SetMetadata of containerd's image: %v, want ErrStoreIsReadOnly", err)
+	}
+
 	// containerd's layers are the store's too, named by their keys; the
 	// daemon's diff service unpacked them recording their tar-split, so
 	// Diff reproduces each layer exactly: its digest is the diff ID.
