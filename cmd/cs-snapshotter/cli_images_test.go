@@ -119,6 +119,7 @@ func testImageCommands(t *testing.T, s *cliStore) {
 	s.expect(0, strings.Repeat("ab", 32)+"\n", "images", "-q")
 	s.expect(0, "", "delete", "j1")
 	s.expect(0, "", "images")
+	s.expect(0, "null\n", "images", "-j") // as containers-storage prints no images
 	s.expect(0, "img-base: true\n", "exists", "img-base")
 	s.expect(0, "", "delete-layer", "img-base")
 }

@@ -149,6 +149,9 @@ func cmdImages(c *cli, _ []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	if len(images) == 0 {
+		images = nil // "null", as containers-storage prints
+	}
 	list := make([]*storage.Image, len(images))
 	for i := range images {
 		list[i] = &images[i]
