@@ -4,7 +4,7 @@
 //
 //	cs-snapshotter [global flags] COMMAND [flags] [args]
 //
-// The global flags, the layer commands, their aliases, flags, output
+// The global flags, the layer and image commands, their aliases, flags, output
 // (text and --json) and exit statuses follow the containers-storage
 // command of containers/storage v1.50.
 package main
