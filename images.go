@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -700,7 +701,8 @@ func (s *store) ImageBigData(id, key string) ([]byte, error) {
 	}
 	blob := r.labels[cslabels.ImageBigDataPrefix+key]
 	if blob == "" {
-		return nil, fmt.Errorf("image %s has no big data item %q: %w", r.ID, key, errdefs.ErrNotFound)
+		// os.ErrNotExist too, as containers/storage's "does not exist".
+		return nil, fmt.Errorf("image %s has no big data item %q: %w: %w", r.ID, key, os.ErrNotExist, errdefs.ErrNotFound)
 	}
 	info, err := s.cs.Info(s.ctx, digest.Digest(blob))
 	if err != nil {

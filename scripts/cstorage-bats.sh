@@ -38,7 +38,7 @@ CS_STORAGE_MODULE=github.com/containers/storage@v1.50.2
 DEFAULT_FILES=(
   abs apply-diff apply-junk bigdata changes cleanup-layer create-layer
   delete-layer delete diff diffsize import-layer layers metadata
-  mount-layer names status
+  mount-layer names status image image-by-digest delete-image manifests
 )
 
 die() { echo "cstorage-bats: $*" >&2; exit 2; }
