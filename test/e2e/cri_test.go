@@ -92,7 +92,7 @@ func (c *criClient) imageStatus(t *testing.T, ref string) *runtimeapi.Image {
 // ctr imports from containerd's events).
 func (c *criClient) waitImage(t *testing.T, ref string) *runtimeapi.Image {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // generous: a loaded machine delays events
 	for {
 		if img := c.imageStatus(t, ref); img != nil {
 			return img
