@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -96,7 +97,7 @@ const OwnRefPrefix = "cs."
 
 // ListStatuses lists the ingests in progress but the daemon's own.
 func (s *Store) ListStatuses(ctx context.Context, filters ...string) ([]content.Status, error) {
-	all, err := s.Store.ListStatuses(ctx, filters...)
+	all, err := s.listStatuses(ctx, filters...)
 	if err != nil {
 		return nil, err
 	}
@@ -109,10 +110,48 @@ func (s *Store) ListStatuses(ctx context.Context, filters ...string) ([]content.
 	return out, nil
 }
 
+// listStatuses lists the ingests, skipping those that finish while the list
+// is read. containerd's local store fails the whole listing then (its
+// os.IsNotExist check misses the wrapped error), and the daemon's own short
+// ingests (tar-splits committed during an unpack) finish often enough for
+// containerd's garbage collector, which lists at any moment, to trip on it.
+func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Status, error) {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return nil, err
+	}
+	walker, ok := s.Store.(interface {
+		WalkStatusRefs(context.Context, func(string) error) error
+	})
+	if !ok {
+		return s.Store.ListStatuses(ctx, fs...)
+	}
+	var out []content.Status
+	err = walker.WalkStatusRefs(ctx, func(ref string) error {
+		st, err := s.Store.Status(ctx, ref)
+		if errdefs.IsNotFound(err) {
+			return nil // finished meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if filter.Match(filters.AdapterFunc(func(fieldpath []string) (string, bool) {
+			if len(fieldpath) == 1 && fieldpath[0] == "ref" {
+				return st.Ref, true
+			}
+			return "", false
+		})) {
+			out = append(out, st)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // AbortOwn aborts the daemon's own ingests: left by a crash, as nothing
 // else can be writing when the root has just been opened.
 func (s *Store) AbortOwn(ctx context.Context) error {
-	all, err := s.Store.ListStatuses(ctx)
+	all, err := s.listStatuses(ctx)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package contentstore_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -144,5 +145,31 @@ func TestOwnIngestsHidden(t *testing.T) {
 	}
 	if _, err := cs.Status(ctx, "pull-layer"); err != nil {
 		t.Errorf("containerd's ingest lost: %v", err)
+	}
+}
+
+// TestListStatusesWhileIngestsFinish: ingests committed while the list is
+// read do not fail it (containerd's GC lists them at any moment).
+func TestListStatusesWhileIngestsFinish(t *testing.T) {
+	cs := newTestStore(t)
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 300; i++ {
+			data := fmt.Sprintf("blob %d", i)
+			content.WriteBlob(ctx, cs, contentstore.OwnRefPrefix+data, strings.NewReader(data),
+				ocispec.Descriptor{Digest: digest.FromString(data), Size: int64(len(data))})
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if _, err := cs.ListStatuses(ctx); err != nil {
+			t.Fatalf("listing while ingests finish: %v", err)
+		}
 	}
 }
