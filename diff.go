@@ -116,12 +116,15 @@ func (s *store) layerDirs(r *layerRecord) (upper string, lowers []string, releas
 		upper, lowers, err := dirsOfMounts(m, false)
 		return upper, lowers, func() {}, err
 	}
+	// Owned, so containerd's garbage collector (which removes backend
+	// snapshots it does not know) neither takes it while it is read nor
+	// races its removal.
 	key := viewPrefix + newID()
-	m, err := s.sn.View(s.ctx, key, r.key)
+	m, err := s.sn.View(s.ctx, key, r.key, snapshots.WithLabels(map[string]string{cslabels.Owned: "store"}))
 	if err != nil {
 		return "", nil, nil, mapErr(fmt.Errorf("view layer %s: %w", r.ID, err))
 	}
-	release = func() { s.sn.Remove(s.ctx, key) }
+	release = func() { s.deleteSnapshot(key) }
 	upper, lowers, err = dirsOfMounts(m, true)
 	if err != nil {
 		release()
