@@ -24,6 +24,7 @@ import (
 // Store is a content.Store whose labels live in the daemon's database.
 type Store struct {
 	content.Store
+	root   string
 	labels *metadata.ContentLabels
 }
 
@@ -39,7 +40,7 @@ func New(root string, db *metadata.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open content store %s: %w", root, err)
 	}
-	return &Store{Store: cs, labels: ls}, nil
+	return &Store{Store: cs, root: root, labels: ls}, nil
 }
 
 // Update changes the labels of a blob, rejecting labels over containerd's
@@ -73,17 +74,61 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	if err != nil {
 		return fmt.Errorf("delete content %s: %w", dgst, err)
 	}
-	for key := range labels {
-		if strings.HasPrefix(key, cslabels.BlobRefPrefix) {
-			log.G(ctx).WithField("digest", dgst).WithField("ref", key).Debug("kept a blob the store uses")
-			return nil
-		}
+	if ref := referenced(labels); ref != "" {
+		log.G(ctx).WithField("digest", dgst).WithField("ref", ref).Debug("kept a blob the store uses")
+		return nil
 	}
 	if err := s.Store.Delete(ctx, dgst); err != nil {
 		return err
 	}
 	if err := s.labels.Delete(dgst); err != nil {
 		return fmt.Errorf("delete labels of %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// Walk calls fn for every blob matching filters. Unlike containerd's local
+// store, whose walk fails as a whole when a blob is deleted while it runs,
+// it skips blobs that go meanwhile: containerd's garbage collector and the
+// store list and delete blobs at the same time.
+func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) error {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return err
+	}
+	blobs := filepath.Join(s.root, "blobs")
+	algs, err := os.ReadDir(blobs)
+	if err != nil {
+		return err
+	}
+	for _, a := range algs {
+		alg := digest.Algorithm(a.Name())
+		if !a.IsDir() || !alg.Available() {
+			continue
+		}
+		names, err := os.ReadDir(filepath.Join(blobs, a.Name()))
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			dgst := digest.NewDigestFromEncoded(alg, n.Name())
+			if dgst.Validate() != nil {
+				continue
+			}
+			info, err := s.Store.Info(ctx, dgst)
+			if errdefs.IsNotFound(err) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			if !filter.Match(content.AdaptInfo(info)) {
+				continue
+			}
+			if err := fn(info); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -182,4 +227,34 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		return fmt.Errorf("commit content %s: %w", expected, err)
 	}
 	return w.Writer.Commit(ctx, size, expected, opts...)
+}
+
+// Release drops reference label ref from blob dgst and deletes the blob once
+// no cslabels.BlobRefPrefix label is left. It works on any content.Store, so
+// the store can use it through the daemon's socket too.
+func Release(ctx context.Context, cs content.Store, dgst digest.Digest, ref string) error {
+	info, err := cs.Update(ctx, content.Info{Digest: dgst}, "labels."+ref)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if referenced(info.Labels) != "" {
+		return nil
+	}
+	if err := cs.Delete(ctx, dgst); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// referenced returns a reference label among labels, or "".
+func referenced(labels map[string]string) string {
+	for key := range labels {
+		if strings.HasPrefix(key, cslabels.BlobRefPrefix) {
+			return key
+		}
+	}
+	return ""
 }

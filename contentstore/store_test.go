@@ -173,3 +173,31 @@ func TestListStatusesWhileIngestsFinish(t *testing.T) {
 		}
 	}
 }
+
+// TestWalkWhileBlobsGo: blobs deleted while the store is walked do not fail
+// the walk (containerd's GC and the store delete while others list).
+func TestWalkWhileBlobsGo(t *testing.T) {
+	cs := newTestStore(t)
+	ctx := context.Background()
+	var all []digest.Digest
+	for i := 0; i < 300; i++ {
+		all = append(all, write(t, cs, fmt.Sprintf("doomed %d", i), nil))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, d := range all {
+			cs.Delete(ctx, d)
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if err := cs.Walk(ctx, func(content.Info) error { return nil }); err != nil {
+			t.Fatalf("walk while blobs go: %v", err)
+		}
+	}
+}
