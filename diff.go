@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
 )
@@ -233,18 +234,7 @@ func (s *store) releaseBlob(dgst, id, what string) {
 	if dgst == "" {
 		return
 	}
-	d := digest.Digest(dgst)
-	ref := cslabels.BlobRefPrefix + id + "." + what
-	info, err := s.cs.Update(s.ctx, content.Info{Digest: d}, "labels."+ref)
-	if err != nil {
-		return
-	}
-	for k := range info.Labels {
-		if strings.HasPrefix(k, cslabels.BlobRefPrefix) {
-			return
-		}
-	}
-	s.cs.Delete(s.ctx, d)
+	contentstore.Release(s.ctx, s.cs, digest.Digest(dgst), cslabels.BlobRefPrefix+id+"."+what)
 }
 
 // ApplyDiff applies diff to the layer to, returning the uncompressed bytes

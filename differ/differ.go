@@ -25,6 +25,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
@@ -155,18 +156,8 @@ func (s *Service) Released(ctx context.Context, id string, labels map[string]str
 	if ts == "" {
 		return
 	}
-	dgst := digest.Digest(ts)
-	info, err := s.cs.Update(ctx, content.Info{Digest: dgst}, "labels."+BlobRef(id))
-	if err != nil {
-		return
-	}
-	for k := range info.Labels {
-		if strings.HasPrefix(k, cslabels.BlobRefPrefix) {
-			return
-		}
-	}
-	if err := s.cs.Delete(ctx, dgst); err != nil && !errdefs.IsNotFound(err) {
-		log.G(ctx).WithError(err).WithField("digest", dgst).Warn("removing tar-split blob")
+	if err := contentstore.Release(ctx, s.cs, digest.Digest(ts), BlobRef(id)); err != nil {
+		log.G(ctx).WithError(err).WithField("digest", ts).Warn("releasing tar-split blob")
 	}
 }
 
