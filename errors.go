@@ -26,6 +26,7 @@ var (
 	ErrStoreIsReadOnly      = errors.New("called a write method on a read-only store")
 	ErrNotSupported         = errors.New("not supported")
 	ErrInvalidMappings      = errors.New("invalid mappings specified")
+	ErrNotAContainer        = errors.New("identifier is not a container")
 
 	// ErrInvalidName is cs-snapshotter's own: a name that is empty.
 	ErrInvalidName = errors.New("not a valid name")

@@ -23,8 +23,8 @@ import (
 
 var testCtx = namespaces.WithNamespace(context.Background(), namespace)
 
-// storeState describes everything the store keeps: images, layers and
-// every blob with its labels, so error paths can check nothing changed.
+// storeState describes everything the store keeps: images, layers,
+// containers and every blob with its labels, so error paths can check nothing changed.
 func storeState(t *testing.T, s Store, cs content.Store) string {
 	t.Helper()
 	imgs, err := s.Images()
@@ -32,6 +32,10 @@ func storeState(t *testing.T, s Store, cs content.Store) string {
 		t.Fatal(err)
 	}
 	layers, err := s.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrs, err := s.Containers()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,10 +54,11 @@ func storeState(t *testing.T, s Store, cs content.Store) string {
 	}
 	sort.Strings(blobs)
 	out, _ := json.Marshal(struct {
-		Images []Image
-		Layers []Layer
-		Blobs  []string
-	}{imgs, layers, blobs})
+		Images     []Image
+		Layers     []Layer
+		Containers []Container
+		Blobs      []string
+	}{imgs, layers, ctrs, blobs})
 	return string(out)
 }
 

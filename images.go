@@ -853,11 +853,17 @@ func (s *store) DeleteImage(id string, commit bool) (layers []string, err error)
 	if err := readOnlyImage(r); err != nil {
 		return nil, err
 	}
-	// Containers are later work; ErrImageUsedByContainer will be checked
-	// here.
 	lidx, err := s.load()
 	if err != nil {
 		return nil, err
+	}
+	if err := s.withImageIDs(lidx.containers); err != nil {
+		return nil, err
+	}
+	for _, c := range lidx.containers {
+		if c.ImageID == r.ID {
+			return nil, fmt.Errorf("image %s is used by container %s: %w", r.ID, c.ID, ErrImageUsedByContainer)
+		}
 	}
 	children := map[string][]string{}
 	for _, l := range lidx.list {

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -86,6 +85,11 @@ type layerIndex struct {
 	byID   map[string]*layerRecord
 	byName map[string]*layerRecord
 	byKey  map[string]*layerRecord
+
+	// The containers, which live on layers.
+	containers []*containerRecord
+	ctrByID    map[string]*containerRecord
+	ctrByName  map[string]*containerRecord
 }
 
 // Keys of the store's internal snapshots begin with this; they are not
@@ -101,8 +105,12 @@ const (
 )
 
 func (s *store) load() (*layerIndex, error) {
-	idx := &layerIndex{byID: map[string]*layerRecord{}, byName: map[string]*layerRecord{}, byKey: map[string]*layerRecord{}}
+	idx := &layerIndex{
+		byID: map[string]*layerRecord{}, byName: map[string]*layerRecord{}, byKey: map[string]*layerRecord{},
+		ctrByID: map[string]*containerRecord{}, ctrByName: map[string]*containerRecord{},
+	}
 	parents := map[*layerRecord]string{}
+	kinds := map[*layerRecord]snapshots.Kind{}
 	err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
 		if strings.HasPrefix(info.Name, internalPrefix) && !strings.HasPrefix(info.Name, rwPrefix) {
 			return nil
@@ -112,6 +120,7 @@ func (s *store) load() (*layerIndex, error) {
 		idx.byKey[r.key] = r
 		idx.byID[r.ID] = r
 		parents[r] = info.Parent
+		kinds[r] = info.Kind
 		return nil
 	})
 	if err != nil {
@@ -131,6 +140,15 @@ func (s *store) load() (*layerIndex, error) {
 		}
 		return idx.list[i].ID < idx.list[j].ID
 	})
+	for _, r := range idx.list {
+		if c := containerFromLayer(r, kinds[r]); c != nil {
+			idx.containers = append(idx.containers, c)
+			idx.ctrByID[c.ID] = c
+			for _, n := range c.Names {
+				idx.ctrByName[n] = c
+			}
+		}
+	}
 	mounts, err := s.readMounts()
 	if err != nil {
 		return nil, err
@@ -296,6 +314,8 @@ func mapErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errdefs.IsAlreadyExists(err) && strings.Contains(err.Error(), string(cslabels.ContainerIDKind)+" name"):
+		return fmt.Errorf("%w: %w", ErrDuplicateID, err)
 	case errdefs.IsAlreadyExists(err) && strings.Contains(err.Error(), "name"):
 		return fmt.Errorf("%w: %w", ErrDuplicateName, err)
 	case errdefs.IsAlreadyExists(err):
@@ -375,37 +395,55 @@ func (s *store) LayersByUncompressedDigest(d digest.Digest) ([]Layer, error) {
 	return s.layersBy(func(l *Layer) bool { return l.UncompressedDigest == d })
 }
 
-// Exists reports whether id names a layer or an image.
-func (s *store) Exists(id string) bool {
-	idx, err := s.load()
-	if err != nil {
-		return false
-	}
-	if _, ok := idx.lookup(id); ok {
-		return true
-	}
-	r, _, err := s.lookupImage(id)
-	return err == nil && r != nil
+// found is what an ID or name stands for, looked for as containers/storage
+// does: a layer first, then an image, then a container.
+type found struct {
+	idx       *layerIndex
+	layer     *layerRecord
+	image     *imageRecord
+	images    *imageIndex
+	container *containerRecord
 }
 
-// Lookup returns the ID of the layer, or else the image, name names.
-func (s *store) Lookup(name string) (string, error) {
+func (s *store) find(id string) (found, error) {
 	idx, err := s.load()
 	if err != nil {
+		return found{}, err
+	}
+	f := found{idx: idx}
+	if r, ok := idx.lookup(id); ok {
+		f.layer = r
+		return f, nil
+	}
+	if f.image, f.images, err = s.lookupImage(id); err != nil || f.image != nil {
+		return f, err
+	}
+	f.container, _ = idx.lookupContainer(id)
+	return f, nil
+}
+
+func (f found) none() bool { return f.layer == nil && f.image == nil && f.container == nil }
+
+// Exists reports whether id names a layer, an image or a container.
+func (s *store) Exists(id string) bool {
+	f, err := s.find(id)
+	return err == nil && !f.none()
+}
+
+// Lookup returns the ID of the layer, image or container name names.
+func (s *store) Lookup(name string) (string, error) {
+	f, err := s.find(name)
+	switch {
+	case err != nil:
 		return "", err
+	case f.layer != nil:
+		return f.layer.ID, nil
+	case f.image != nil:
+		return f.image.ID, nil
+	case f.container != nil:
+		return f.container.ID, nil
 	}
-	r, ok := idx.lookup(name)
-	if !ok {
-		img, _, err := s.lookupImage(name)
-		if err != nil {
-			return "", err
-		}
-		if img != nil {
-			return img.ID, nil
-		}
-		return "", ErrLayerUnknown
-	}
-	return r.ID, nil
+	return "", ErrLayerUnknown
 }
 
 // CreateLayer makes an empty layer.
@@ -508,6 +546,9 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 func (s *store) freeze(p *layerRecord) error {
 	if !p.owned {
 		return fmt.Errorf("parent layer %s is an active snapshot containerd made: %w", p.ID, ErrParentIsContainer)
+	}
+	if id := cslabels.ContainerID(p.labels); id != "" {
+		return fmt.Errorf("parent layer %s is the layer of container %s: %w", p.ID, id, ErrParentIsContainer)
 	}
 	if err := s.sn.Commit(s.ctx, p.ID, p.key, snapshots.WithLabels(p.labels)); err != nil {
 		return mapErr(fmt.Errorf("commit writeable layer %s to be a parent: %w", p.ID, err))
@@ -643,36 +684,35 @@ func (s *store) RemoveNames(id string, names []string) error {
 	})
 }
 
-// Names returns the names of layer, or else image, id.
+// Names returns the names of the layer, image or container id.
 func (s *store) Names(id string) ([]string, error) {
-	l, err := s.Layer(id)
-	if errors.Is(err, ErrLayerUnknown) {
-		if img, _, ierr := s.lookupImage(id); ierr == nil && img != nil {
-			return append([]string(nil), img.Names...), nil
-		}
-	}
-	if err != nil {
+	f, err := s.find(id)
+	switch {
+	case err != nil:
 		return nil, err
+	case f.layer != nil:
+		return append([]string(nil), f.layer.Names...), nil
+	case f.image != nil:
+		return append([]string(nil), f.image.Names...), nil
+	case f.container != nil:
+		return append([]string(nil), f.container.Names...), nil
 	}
-	return l.Names, nil
+	return nil, ErrLayerUnknown
 }
 
 func (s *store) updateNames(id string, change func(old []string) []string) error {
-	idx, err := s.load()
-	if err != nil {
+	f, err := s.find(id)
+	switch {
+	case err != nil:
 		return err
+	case f.image != nil:
+		return s.imageUpdateNames(f.image, f.images, change)
+	case f.container != nil:
+		return s.containerUpdateNames(f.container, f.idx, change)
+	case f.layer == nil:
+		return fmt.Errorf("%q: %w", id, ErrLayerUnknown)
 	}
-	r, err := idx.get(id)
-	if err != nil {
-		img, iidx, ierr := s.lookupImage(id)
-		if ierr != nil {
-			return ierr
-		}
-		if img != nil {
-			return s.imageUpdateNames(img, iidx, change)
-		}
-		return err
-	}
+	r, idx := f.layer, f.idx
 	labelled := orderedNames(r.labels, cslabels.Layer)
 	names := change(labelled)
 	if !r.owned && len(names) > 0 && names[0] == r.key {
@@ -690,61 +730,43 @@ func (s *store) updateNames(id string, change func(old []string) []string) error
 			return mapErr(fmt.Errorf("move name %q from layer %s: %w", n, other.ID, err))
 		}
 	}
-	info := snapshots.Info{Name: r.key, Labels: map[string]string{}}
-	nameLabels(cslabels.Layer, names, info.Labels)
-	var paths []string
-	for _, n := range labelled {
-		paths = append(paths, "labels."+cslabels.NameKey(cslabels.Layer, n))
-	}
-	for k := range info.Labels {
-		paths = append(paths, "labels."+k)
-	}
-	if len(paths) == 0 {
-		return nil
-	}
-	_, err = s.sn.Update(s.ctx, info, paths...)
-	return mapErr(err)
+	return s.replaceNameLabels(r.key, cslabels.Layer, labelled, names)
 }
 
-// Metadata returns the metadata of layer, or else image, id.
+// Metadata returns the metadata of the layer, image or container id.
 func (s *store) Metadata(id string) (string, error) {
-	l, err := s.Layer(id)
-	if errors.Is(err, ErrLayerUnknown) {
-		if img, _, ierr := s.lookupImage(id); ierr == nil && img != nil {
-			return img.Metadata, nil
-		}
-	}
-	if err != nil {
+	f, err := s.find(id)
+	switch {
+	case err != nil:
 		return "", err
+	case f.layer != nil:
+		return f.layer.Metadata, nil
+	case f.image != nil:
+		return f.image.Metadata, nil
+	case f.container != nil:
+		return f.container.Metadata, nil
 	}
-	return l.Metadata, nil
+	return "", ErrNotAnID
 }
 
-// SetMetadata replaces the metadata of layer, or else image, id.
+// SetMetadata replaces the metadata of the layer, image or container id.
 func (s *store) SetMetadata(id, metadata string) error {
-	if !s.layerExists(id) {
-		if img, _, err := s.lookupImage(id); err == nil && img != nil {
-			return s.imageSetMetadata(img, metadata)
-		}
-	}
-	return s.setLabel(id, cslabels.Metadata, metadata)
-}
-
-func (s *store) layerExists(id string) bool {
-	idx, err := s.load()
-	if err != nil {
-		return false
-	}
-	_, ok := idx.lookup(id)
-	return ok
-}
-
-func (s *store) setLabel(id, key, value string) error {
-	r, err := s.layer(id)
-	if err != nil {
+	f, err := s.find(id)
+	switch {
+	case err != nil:
 		return err
+	case f.layer != nil:
+		return s.setLabel(f.layer, cslabels.Metadata, metadata)
+	case f.image != nil:
+		return s.imageSetMetadata(f.image, metadata)
+	case f.container != nil:
+		return s.containerSetMetadata(f.container, metadata)
 	}
-	_, err = s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: map[string]string{key: value}}, "labels."+key)
+	return ErrNotAnID
+}
+
+func (s *store) setLabel(r *layerRecord, key, value string) error {
+	_, err := s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: map[string]string{key: value}}, "labels."+key)
 	if errdefs.IsInvalidArgument(err) {
 		return fmt.Errorf("%s of layer %s does not fit in a label (%d bytes): %w", strings.TrimPrefix(key, cslabels.Prefix), r.ID, len(value), err)
 	}
@@ -767,6 +789,9 @@ func (s *store) DeleteLayer(id string) error {
 			return fmt.Errorf("used by layer %v: %w", other.ID, ErrLayerHasChildren)
 		}
 	}
+	if id := cslabels.ContainerID(r.labels); id != "" {
+		return fmt.Errorf("layer %v is the layer of container %s: %w", r.ID, id, ErrLayerUsedByContainer)
+	}
 	img, err := s.imageUsing(r.ID)
 	if err != nil {
 		return err
@@ -785,33 +810,46 @@ func (s *store) DeleteLayer(id string) error {
 		}
 		return fmt.Errorf("delete layer %v: %w", r.ID, err)
 	}
+	s.releaseLayerBlobs(r)
+	return nil
+}
+
+// releaseLayerBlobs drops the references of deleted layer r to its blobs.
+func (s *store) releaseLayerBlobs(r *layerRecord) {
 	s.releaseBlob(r.labels[cslabels.TarSplit], r.ID, "tar-split")
 	s.releaseBlob(r.labels[cslabels.DiffBlob], r.ID, "diff")
 	for _, key := range r.BigDataNames {
 		s.releaseBlob(r.labels[cslabels.BigDataPrefix+key], r.ID, "bigdata/"+key)
 	}
-	return nil
 }
 
-// Delete removes the image id (only its record, as containers/storage
-// does) or else the layer id.
+// Delete removes the layer, image (only its record, as containers/storage
+// does) or container id.
 func (s *store) Delete(id string) error {
-	img, _, err := s.lookupImage(id)
-	if err != nil {
+	f, err := s.find(id)
+	switch {
+	case err != nil:
+		return err
+	case f.layer != nil:
+		if c := f.idx.containerOn(f.layer); c != nil {
+			return s.deleteContainer(c)
+		}
+		return s.DeleteLayer(f.layer.ID)
+	case f.image != nil:
+		return s.deleteImage(f.image)
+	case f.container != nil:
+		return s.deleteContainer(f.container)
+	}
+	return ErrNotAnID
+}
+
+// Wipe deletes every container, then every image, then every layer the
+// store made, children first. Snapshots containerd made are containerd's
+// to remove and are left alone.
+func (s *store) Wipe() error {
+	if err := s.wipeContainers(); err != nil {
 		return err
 	}
-	if img != nil {
-		return s.deleteImage(img)
-	}
-	if !s.layerExists(id) {
-		return ErrNotAnID
-	}
-	return s.DeleteLayer(id)
-}
-
-// Wipe deletes every image, then every layer the store made, children first. Snapshots
-// containerd made are containerd's to remove and are left alone.
-func (s *store) Wipe() error {
 	if err := s.wipeImages(); err != nil {
 		return err
 	}

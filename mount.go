@@ -84,7 +84,7 @@ func (s *store) Mount(id, mountLabel string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	r, err := idx.get(id)
+	r, err := idx.layerOrContainer(id)
 	if err != nil {
 		return "", err
 	}
@@ -148,7 +148,7 @@ func (s *store) Unmount(id string, force bool) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		r, err := idx.get(id)
+		r, err := idx.layerOrContainer(id)
 		if err != nil {
 			return false, err
 		}
@@ -176,11 +176,15 @@ func (s *store) Unmount(id string, force bool) (bool, error) {
 
 // Mounted returns how many times layer id is mounted.
 func (s *store) Mounted(id string) (int, error) {
-	l, err := s.Layer(id)
+	idx, err := s.load()
 	if err != nil {
 		return 0, err
 	}
-	return l.MountCount, nil
+	r, err := idx.layerOrContainer(id)
+	if err != nil {
+		return 0, err
+	}
+	return r.MountCount, nil
 }
 
 func (s *store) mountedLayers() ([]string, error) {

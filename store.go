@@ -225,11 +225,10 @@ func backingFS(path string) string {
 	return fstype
 }
 
-// Store is the layer and image part of containers/storage's Store, with
+// Store is containers/storage's Store (layers, images, containers), with
 // the same method names, signatures and meanings. Names, SetNames,
-// AddNames, RemoveNames, Metadata, SetMetadata, Exists and Lookup look for
-// a layer first, then an image; Delete for an image first, as
-// containers/storage does.
+// AddNames, RemoveNames, Metadata, SetMetadata, Exists, Lookup and Delete
+// look for a layer first, then an image, then a container.
 type Store interface {
 	RunRoot() string
 	GraphRoot() string
@@ -279,6 +278,24 @@ type Store interface {
 	SetImageBigData(id, key string, data []byte, digestManifest func([]byte) (digest.Digest, error)) error
 	ImageSize(id string) (int64, error)
 	DeleteImage(id string, commit bool) (layers []string, err error)
+
+	CreateContainer(id string, names []string, image, layer, metadata string, options *ContainerOptions) (*Container, error)
+	Container(id string) (*Container, error)
+	Containers() ([]Container, error)
+	ContainerByLayer(id string) (*Container, error)
+	ListContainerBigData(id string) ([]string, error)
+	ContainerBigData(id, key string) ([]byte, error)
+	ContainerBigDataSize(id, key string) (int64, error)
+	ContainerBigDataDigest(id, key string) (digest.Digest, error)
+	SetContainerBigData(id, key string, data []byte) error
+	ContainerDirectory(id string) (string, error)
+	ContainerRunDirectory(id string) (string, error)
+	SetContainerDirectoryFile(id, file string, data []byte) error
+	FromContainerDirectory(id, file string) ([]byte, error)
+	SetContainerRunDirectoryFile(id, file string, data []byte) error
+	FromContainerRunDirectory(id, file string) ([]byte, error)
+	ContainerSize(id string) (int64, error)
+	DeleteContainer(id string) error
 
 	Delete(id string) error
 	DeleteLayer(id string) error

@@ -25,7 +25,7 @@ const (
 )
 
 // Kinds lists the snapshot kinds with names.
-var Kinds = []Kind{Layer, Container}
+var Kinds = []Kind{Layer, Container, ContainerIDKind}
 
 // NamePrefix begins the label keys holding the names of kind: one label per
 // name, the name after the prefix, the value its position among the item's
@@ -168,4 +168,36 @@ const (
 // collector.
 func ImageRef(id, use string) string {
 	return BlobRefPrefix + "image." + id + "." + use
+}
+
+// ContainerIDKind is the kind of container IDs in the daemon's name index:
+// a container's ID is claimed like a name, in the transaction that writes
+// its record, so an ID belongs to one container.
+const ContainerIDKind Kind = "container-id"
+
+// Container record labels, on the active snapshot of the container's
+// read-write layer (next to that layer's own labels). The container's ID is
+// the label NameKey(ContainerIDKind, id); its names NameKey(Container, n).
+const (
+	// ContainerImage is the ID of the container's image ("" for none).
+	ContainerImage = Prefix + "container-image"
+	// ContainerMetadata is the container's metadata string.
+	ContainerMetadata = Prefix + "container-metadata"
+	// ContainerFlags is the container's Flags, JSON.
+	ContainerFlags = Prefix + "container-flags"
+	// ContainerBigDataPrefix + key is the digest of the blob holding the
+	// container's big data item key (the blob's digest is the item's).
+	ContainerBigDataPrefix = Prefix + "container-bigdata."
+	// ContainerBigDataSizePrefix + key is the size of big data item key.
+	ContainerBigDataSizePrefix = Prefix + "container-bigdata-size."
+)
+
+// ContainerID returns the container ID recorded in labels, if any.
+func ContainerID(labels map[string]string) string {
+	for key := range labels {
+		if id, ok := strings.CutPrefix(key, NamePrefix(ContainerIDKind)); ok && id != "" {
+			return id
+		}
+	}
+	return ""
 }
