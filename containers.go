@@ -87,7 +87,7 @@ func containerFromLayer(r *layerRecord, kind snapshots.Kind) *containerRecord {
 	if id == "" {
 		// containerd's own unpacking makes short-lived active snapshots
 		// ("extract-<time>-<rand> <chain ID>"); those are no containers.
-		if r.owned || kind != snapshots.KindActive || strings.Contains(r.key, "/extract-") {
+		if r.owned || kind != snapshots.KindActive || strings.HasPrefix(r.key[strings.LastIndexByte(r.key, '/')+1:], "extract-") {
 			return nil
 		}
 		id, ctrd = r.ID, true

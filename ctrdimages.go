@@ -236,11 +236,9 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 		if info.Kind != snapshots.KindCommitted || strings.HasPrefix(info.Name, internalPrefix) || info.Labels[cslabels.Owned] != "" {
 			return nil
 		}
-		i := strings.LastIndexByte(info.Name, '/')
-		if i < 0 {
-			return nil
-		}
-		last := info.Name[i+1:]
+		// Through the daemon keys are "<namespace>/<n>/<chain ID>";
+		// through containerd, just the chain ID.
+		last := info.Name[strings.LastIndexByte(info.Name, '/')+1:]
 		if o, ok := snaps[last]; !ok || info.Name < o.Name {
 			snaps[last] = info
 		}

@@ -482,6 +482,11 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 		}
 		top = r
 	}
+	unlock, err := s.lockImages()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	idx, err := s.loadImages()
 	if err != nil {
 		return nil, err
@@ -928,6 +933,20 @@ func (s *store) imageUsing(id string) (*imageRecord, error) {
 func (s *store) imageUpdateNames(r *imageRecord, idx *imageIndex, change func(old []string) []string) error {
 	if err := readOnlyImage(r); err != nil {
 		return err
+	}
+	if s.containerd != nil {
+		// Claims are checked against a fresh listing under the lock.
+		unlock, err := s.lockImages()
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if idx, err = s.loadImages(); err != nil {
+			return err
+		}
+		if fresh, ok := idx.byID[r.ID]; ok {
+			r = fresh
+		}
 	}
 	names := change(r.Names)
 	for _, n := range names {

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -43,16 +44,31 @@ type StoreOptions struct {
 	// TransientStore is accepted for compatibility; the store's records
 	// always survive a reboot.
 	TransientStore bool `json:"transient_store,omitempty"`
+
+	// ContainerdAddress, when set, opens the store through containerd
+	// itself (its socket): containerd's snapshot service for
+	// ContainerdSnapshotter and its content store, in namespace
+	// ContainerdNamespace. What the store makes is then containerd's too:
+	// listed by ctr in that namespace, kept by gc.root labels, collected
+	// by containerd's garbage collector once the store deletes it.
+	// GraphRoot and RunRoot still hold the container directories and the
+	// mount counts.
+	ContainerdAddress string `json:"containerd_address,omitempty"`
+	// ContainerdNamespace defaults to "default".
+	ContainerdNamespace string `json:"containerd_namespace,omitempty"`
+	// ContainerdSnapshotter defaults to "cs".
+	ContainerdSnapshotter string `json:"containerd_snapshotter,omitempty"`
 }
 
 // store implements Store on a snapshotter and a content store.
 type store struct {
-	opts     StoreOptions
-	ctx      context.Context
-	sn       snapshots.Snapshotter
-	cs       content.Store
-	embedded *daemon.Daemon // set when the root is open in this process
-	client   *daemon.Client // set when a daemon serves the root
+	opts       StoreOptions
+	ctx        context.Context
+	sn         snapshots.Snapshotter
+	cs         content.Store
+	embedded   *daemon.Daemon // set when the root is open in this process
+	client     *daemon.Client // set when a daemon serves the root
+	containerd *client.Client // set when opened through containerd
 }
 
 // namespace is the containerd namespace the store's requests carry. The
@@ -78,6 +94,16 @@ func GetStore(options StoreOptions) (Store, error) {
 		*p = abs
 	}
 	s := &store{opts: options, ctx: namespaces.WithNamespace(context.Background(), namespace)}
+	if options.ContainerdAddress != "" {
+		if err := s.openContainerd(); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(s.opts.RunRoot, 0o700); err != nil {
+			s.close()
+			return nil, fmt.Errorf("create run root: %w", err)
+		}
+		return s, nil
+	}
 	cfg := config.Default()
 	cfg.Root = options.GraphRoot
 	cfg.RunRoot = options.RunRoot
@@ -138,7 +164,10 @@ func (s *store) close() error {
 	if s.embedded != nil {
 		err = s.embedded.Close()
 	}
-	s.client, s.embedded = nil, nil
+	if s.containerd != nil {
+		err = s.containerd.Close()
+	}
+	s.client, s.embedded, s.containerd = nil, nil, nil
 	return err
 }
 
@@ -155,8 +184,11 @@ func (s *store) Remote() bool { return s.client != nil }
 // store.
 func (s *store) Status() ([][2]string, error) {
 	mode := "embedded"
-	if s.client != nil {
+	switch {
+	case s.client != nil:
 		mode = "daemon"
+	case s.containerd != nil:
+		mode = "containerd " + s.opts.ContainerdAddress
 	}
 	layers, err := s.load()
 	if err != nil {

@@ -72,6 +72,12 @@ func Names(labels map[string]string) map[Kind][]string {
 // label before removing the snapshot itself.
 const Owned = Prefix + "owned"
 
+// Made marks a snapshot the store made through containerd (the store
+// opened on containerd's socket): there containerd's gc.root label, not
+// Owned, keeps it, and Made says it is a layer of the store (its key is its
+// ID) rather than one of containerd's own.
+const Made = Prefix + "made"
+
 // OwnedError is the message of a refused Remove.
 func OwnedError(key string) string {
 	return fmt.Sprintf("snapshot %q is held by the cs store (label %s); delete it through the store", key, Owned)

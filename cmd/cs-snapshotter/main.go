@@ -36,6 +36,10 @@ type globalOptions struct {
 	storageOpts []string
 	debug       bool
 	transient   bool
+
+	containerd          string
+	containerdNamespace string
+	containerdSnapshot  string
 }
 
 func (g *globalOptions) register(fs *flagSet) {
@@ -45,6 +49,9 @@ func (g *globalOptions) register(fs *flagSet) {
 	fs.stringVar(&g.driver, []string{"--storage-driver", "-s"}, "Storage driver to use: overlay ($STORAGE_DRIVER)")
 	fs.listVar(&g.storageOpts, []string{"--storage-opt"}, "Set storage driver options ($STORAGE_OPTS)")
 	fs.boolVar(&g.debug, []string{"--debug", "-D"}, "Print debugging information")
+	fs.stringVar(&g.containerd, []string{"--containerd"}, "Open the store through containerd at this socket (its snapshotter and content store), so containerd records what the store makes")
+	fs.stringVar(&g.containerdNamespace, []string{"--containerd-namespace"}, "containerd namespace for --containerd (default \"default\")")
+	fs.stringVar(&g.containerdSnapshot, []string{"--containerd-snapshotter"}, "Name of cs-snapshotter's proxy plugin in containerd's config, for --containerd (default \"cs\")")
 }
 
 // options holds every command's flags; a command registers the ones it has.
@@ -331,6 +338,10 @@ func (g *globalOptions) storeOptions(graphSet, runSet bool) (storage.StoreOption
 		GraphDriverName:    g.driver,
 		GraphDriverOptions: g.storageOpts,
 		TransientStore:     g.transient,
+
+		ContainerdAddress:     g.containerd,
+		ContainerdNamespace:   g.containerdNamespace,
+		ContainerdSnapshotter: g.containerdSnapshot,
 	}, nil
 }
 
