@@ -134,6 +134,9 @@ const (
 	// its position among the names. Enforced like ImageID: a name belongs
 	// to one image.
 	ImageNamePrefix = "cs.image-name."
+	// ImageDoc is a copy of the record blob's document, so listing the
+	// images needs no blob reads. The blob stays the authority.
+	ImageDoc = "cs.image-doc"
 	// ImageMetadata is the image's metadata string.
 	ImageMetadata = "cs.metadata"
 	// ImageDigest is the image's Digest.
