@@ -21,9 +21,9 @@ func init() {
 }
 
 // cmdExists answers with its exit status: 0 if every argument exists (as
-// a layer with -l, as an image with -i; the store has no containers, so
-// -c never matches), 1 otherwise. It prints "ARG: true|false" for each
-// argument, whether it exists as anything, as containers-storage does.
+// a layer with -l, as an image with -i, as a container with -c), 1
+// otherwise. It prints "ARG: true|false" for each argument, whether it
+// exists as anything, as containers-storage does.
 func cmdExists(c *cli, args []string) (int, error) {
 	exists := map[string]bool{}
 	var order []string
@@ -45,7 +45,9 @@ func cmdExists(c *cli, args []string) (int, error) {
 			}
 		}
 		if c.opts.existContainer {
-			ok = false
+			if ctr, err := c.store.Container(what); ctr == nil || err != nil {
+				ok = false
+			}
 		}
 		missing = missing || !ok
 	}

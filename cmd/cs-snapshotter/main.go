@@ -4,9 +4,9 @@
 //
 //	cs-snapshotter [global flags] COMMAND [flags] [args]
 //
-// The global flags, the layer and image commands, their aliases, flags, output
-// (text and --json) and exit statuses follow the containers-storage
-// command of containers/storage v1.50.
+// The global flags, the layer, image and container commands, their aliases,
+// flags, output (text and --json) and exit statuses follow the
+// containers-storage command of containers/storage v1.50.
 package main
 
 import (

@@ -1,0 +1,347 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	storage "github.com/cs-snapshotter/cs-snapshotter"
+)
+
+// createVolatile is create-container's --volatile. A package variable, as
+// the options of main.go are shared by every command and this flag is
+// create-container's alone; its flags function resets it.
+var createVolatile bool
+
+func init() {
+	register(
+		&command{
+			names:       []string{"containers"},
+			optionsHelp: "[options [...]]",
+			usage:       "List containers",
+			maxArgs:     0,
+			flags:       jsonFlag,
+			action:      cmdContainers,
+		},
+		&command{
+			names:       []string{"container"},
+			optionsHelp: "[options [...]] containerNameOrID [...]",
+			usage:       "Examine a container",
+			minArgs:     1,
+			maxArgs:     -1,
+			flags:       jsonFlag,
+			action:      cmdContainer,
+		},
+		&command{
+			names:       []string{"create-container", "createcontainer"},
+			optionsHelp: "[options [...]] parentImageNameOrID",
+			usage:       "Create a new container from an image",
+			minArgs:     1,
+			maxArgs:     1,
+			flags: func(fs *flagSet, o *options) {
+				createVolatile = false
+				fs.listVar(&o.names, []string{"--name", "-n"}, "Container name")
+				fs.boolVar(&createVolatile, []string{"--volatile"}, "Mark as volatile")
+				fs.stringVar(&o.id, []string{"--id", "-i"}, "Container ID")
+				fs.stringVar(&o.metadata, []string{"--metadata", "-m"}, "Metadata")
+				fs.stringVar(&o.metadataFile, []string{"--metadata-file", "-f"}, "Metadata File")
+				jsonFlag(fs, o)
+				idMapFlags(fs, o)
+			},
+			action: cmdCreateContainer,
+		},
+		&command{
+			names:       []string{"delete-container", "deletecontainer"},
+			optionsHelp: "[ContainerNameOrID [...]]",
+			usage:       "Delete a container, with safety checks",
+			minArgs:     1,
+			maxArgs:     -1,
+			flags:       jsonFlag,
+			action: func(c *cli, args []string) (int, error) {
+				return c.deleteEach(args, c.store.DeleteContainer)
+			},
+		},
+		&command{
+			names:       []string{"list-container-data", "listcontainerdata"},
+			optionsHelp: "[options [...]] containerNameOrID",
+			usage:       "List data items that are attached to an container",
+			minArgs:     1,
+			maxArgs:     1,
+			flags:       jsonFlag,
+			action:      cmdListContainerData,
+		},
+		&command{
+			names:       []string{"get-container-data", "getcontainerdata"},
+			optionsHelp: "[options [...]] containerNameOrID dataName",
+			usage:       "Get data that is attached to an container",
+			minArgs:     2,
+			maxArgs:     2,
+			flags: func(fs *flagSet, o *options) {
+				fs.stringVar(&o.file, []string{"--file", "-f"}, "Write data to file")
+			},
+			action: cmdGetContainerData,
+		},
+		&command{
+			names:       []string{"get-container-data-size", "getcontainerdatasize"},
+			optionsHelp: "[options [...]] containerNameOrID dataName",
+			usage:       "Get size of data that is attached to an container",
+			minArgs:     2,
+			maxArgs:     2,
+			action:      cmdGetContainerDataSize,
+		},
+		&command{
+			names:       []string{"get-container-data-digest", "getcontainerdatadigest"},
+			optionsHelp: "[options [...]] containerNameOrID dataName",
+			usage:       "Get digest of data that is attached to an container",
+			minArgs:     2,
+			maxArgs:     2,
+			action:      cmdGetContainerDataDigest,
+		},
+		&command{
+			names:       []string{"set-container-data", "setcontainerdata"},
+			optionsHelp: "[options [...]] containerNameOrID dataName",
+			usage:       "Set data that is attached to an container",
+			minArgs:     2,
+			maxArgs:     2,
+			flags: func(fs *flagSet, o *options) {
+				fs.stringVar(&o.file, []string{"--file", "-f"}, "Read data from file")
+			},
+			action: cmdSetContainerData,
+		},
+		&command{
+			names:       []string{"get-container-dir", "getcontainerdir"},
+			optionsHelp: "[options [...]] containerNameOrID",
+			usage:       "Find the container's associated data directory",
+			minArgs:     1,
+			maxArgs:     1,
+			action: func(c *cli, args []string) (int, error) {
+				return c.printPath(c.store.ContainerDirectory(args[0]))
+			},
+		},
+		&command{
+			names:       []string{"get-container-run-dir", "getcontainerrundir"},
+			optionsHelp: "[options [...]] containerNameOrID",
+			usage:       "Find the container's associated runtime directory",
+			minArgs:     1,
+			maxArgs:     1,
+			action: func(c *cli, args []string) (int, error) {
+				return c.printPath(c.store.ContainerRunDirectory(args[0]))
+			},
+		},
+	)
+}
+
+// cmdContainers lists the containers: each ID, then tab-indented names
+// and data item names ("[]" with --json when there are none).
+func cmdContainers(c *cli, _ []string) (int, error) {
+	containers, err := c.store.Containers()
+	if err != nil {
+		return 1, err
+	}
+	if c.opts.json {
+		if containers == nil {
+			containers = []storage.Container{}
+		}
+		return c.outputJSON(containers)
+	}
+	for _, ctr := range containers {
+		fmt.Fprintf(c.stdout, "%s\n", ctr.ID)
+		for _, name := range ctr.Names {
+			fmt.Fprintf(c.stdout, "\tname: %s\n", name)
+		}
+		for _, name := range ctr.BigDataNames {
+			fmt.Fprintf(c.stdout, "\tdata: %s\n", name)
+		}
+	}
+	return 0, nil
+}
+
+// cmdContainer describes each argument that is a container; 1 if any is
+// not.
+func cmdContainer(c *cli, args []string) (int, error) {
+	images, err := c.store.Images()
+	if err != nil {
+		return 1, err
+	}
+	matched := []*storage.Container{}
+	for _, arg := range args {
+		if ctr, err := c.store.Container(arg); err == nil {
+			matched = append(matched, ctr)
+		}
+	}
+	if c.opts.json {
+		if _, err := c.outputJSON(matched); err != nil {
+			return 1, err
+		}
+	} else {
+		w := c.stdout
+		for _, ctr := range matched {
+			fmt.Fprintf(w, "ID: %s\n", ctr.ID)
+			for _, name := range ctr.Names {
+				fmt.Fprintf(w, "Name: %s\n", name)
+			}
+			fmt.Fprintf(w, "Image: %s\n", ctr.ImageID)
+			for _, img := range images {
+				if img.ID == ctr.ImageID {
+					for _, name := range img.Names {
+						fmt.Fprintf(w, "Image name: %s\n", name)
+					}
+					break
+				}
+			}
+			if size, err := c.store.ContainerSize(ctr.ID); err != nil {
+				fmt.Fprintf(w, "Size unknown: %+v\n", err)
+			} else {
+				fmt.Fprintf(w, "Size: %d\n", size)
+			}
+			fmt.Fprintf(w, "Layer: %s\n", ctr.LayerID)
+			for _, name := range ctr.BigDataNames {
+				fmt.Fprintf(w, "Data: %s\n", name)
+			}
+		}
+	}
+	if len(matched) != len(args) {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+// cmdCreateContainer makes a container on the image named by the argument
+// ("" for none). It prints the ID on a line, then each name after a tab
+// with no newline, as containers-storage does; the container as JSON with
+// --json.
+func cmdCreateContainer(c *cli, args []string) (int, error) {
+	md := c.opts.metadata
+	if c.opts.metadataFile != "" {
+		b, err := os.ReadFile(c.opts.metadataFile)
+		if err != nil {
+			return 1, err
+		}
+		md = string(b)
+	}
+	// The ID mapping flags are checked as for layers: the store keeps
+	// files unmapped.
+	if _, err := c.opts.layerOptions(); err != nil {
+		return 1, err
+	}
+	ctr, err := c.store.CreateContainer(c.opts.id, c.opts.names, args[0], "", md, &storage.ContainerOptions{Volatile: createVolatile})
+	if err != nil {
+		return 1, err
+	}
+	if c.opts.json {
+		return c.outputJSON(ctr)
+	}
+	fmt.Fprintf(c.stdout, "%s\n", ctr.ID)
+	for _, name := range ctr.Names {
+		fmt.Fprintf(c.stdout, "\t%s", name)
+	}
+	return 0, nil
+}
+
+func cmdListContainerData(c *cli, args []string) (int, error) {
+	ctr, err := c.store.Container(args[0])
+	if err != nil {
+		return 1, err
+	}
+	keys, err := c.store.ListContainerBigData(ctr.ID)
+	if err != nil {
+		return 1, err
+	}
+	if c.opts.json {
+		return c.outputJSON(keys)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(c.stdout, "%s\n", k)
+	}
+	return 0, nil
+}
+
+// cmdGetContainerData writes a data item to stdout or to --file, which,
+// as containers-storage does, is created before the item is looked up.
+func cmdGetContainerData(c *cli, args []string) (int, error) {
+	ctr, err := c.store.Container(args[0])
+	if err != nil {
+		return 1, err
+	}
+	out := c.stdout
+	var f *os.File
+	if c.opts.file != "" {
+		if f, err = os.Create(c.opts.file); err != nil {
+			return 1, err
+		}
+		defer f.Close()
+		out = f
+	}
+	b, err := c.store.ContainerBigData(ctr.ID, args[1])
+	if err != nil {
+		return 1, err
+	}
+	if _, err := out.Write(b); err != nil {
+		return 1, err
+	}
+	if f != nil {
+		if err := f.Close(); err != nil {
+			return 1, err
+		}
+	}
+	return 0, nil
+}
+
+func cmdGetContainerDataSize(c *cli, args []string) (int, error) {
+	ctr, err := c.store.Container(args[0])
+	if err != nil {
+		return 1, err
+	}
+	size, err := c.store.ContainerBigDataSize(ctr.ID, args[1])
+	if err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(c.stdout, "%d\n", size)
+	return 0, nil
+}
+
+func cmdGetContainerDataDigest(c *cli, args []string) (int, error) {
+	ctr, err := c.store.Container(args[0])
+	if err != nil {
+		return 1, err
+	}
+	d, err := c.store.ContainerBigDataDigest(ctr.ID, args[1])
+	if err != nil {
+		return 1, err
+	}
+	if err := d.Validate(); err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(c.stdout, "%s\n", d.String())
+	return 0, nil
+}
+
+// cmdSetContainerData stores stdin (or --file) as a data item.
+func cmdSetContainerData(c *cli, args []string) (int, error) {
+	ctr, err := c.store.Container(args[0])
+	if err != nil {
+		return 1, err
+	}
+	in, _, closeIn, err := c.input()
+	if err != nil {
+		return 1, err
+	}
+	defer closeIn()
+	b, err := io.ReadAll(in)
+	if err != nil {
+		return 1, err
+	}
+	if err := c.store.SetContainerBigData(ctr.ID, args[1], b); err != nil {
+		return 1, err
+	}
+	return 0, nil
+}
+
+// printPath ends get-container-dir and get-container-run-dir.
+func (c *cli) printPath(path string, err error) (int, error) {
+	if err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(c.stdout, "%s\n", path)
+	return 0, nil
+}
