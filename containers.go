@@ -244,32 +244,24 @@ func (s *store) CreateContainer(id string, names []string, image, layer, metadat
 			return nil, err
 		}
 	}
-	idx, err := s.load()
-	if err != nil {
-		return nil, err
-	}
-	if _, ok := idx.ctrByID[id]; ok {
-		return nil, fmt.Errorf("container %q: %w", id, ErrDuplicateID)
-	}
-	if _, ok := idx.byID[layer]; ok {
-		return nil, fmt.Errorf("layer %q: %w", layer, ErrDuplicateID)
-	}
-	for _, n := range names {
-		if other, ok := idx.ctrByName[n]; ok {
-			return nil, fmt.Errorf("container name %q is used by container %s: %w", n, other.ID, ErrDuplicateName)
+	// The daemon claims the container's ID and names atomically.
+	if taken, err := s.layerKeyTaken(layer); err != nil || taken {
+		if err == nil {
+			err = fmt.Errorf("layer %q: %w", layer, ErrDuplicateID)
 		}
+		return nil, err
 	}
 	parentKey, imageID := "", ""
 	if image != "" {
-		img, _, err := s.image(image)
+		img, err := s.findImage(image)
 		if err != nil {
 			return nil, err
 		}
 		imageID = img.ID
 		if img.TopLayer != "" {
-			top, ok := idx.lookup(img.TopLayer)
-			if !ok {
-				return nil, fmt.Errorf("top layer %s of image %s: %w", img.TopLayer, img.ID, ErrLayerUnknown)
+			top, err := s.findLayer(img.TopLayer)
+			if err != nil {
+				return nil, fmt.Errorf("top layer %s of image %s: %w", img.TopLayer, img.ID, err)
 			}
 			if top.writeable {
 				if err := s.freeze(top); err != nil {
@@ -333,7 +325,11 @@ func (s *store) CreateContainer(id string, names []string, image, layer, metadat
 			return nil, err
 		}
 	}
-	return s.Container(id)
+	r, err := s.statLayer(rwPrefix + layer)
+	if err != nil || r == nil {
+		return nil, fmt.Errorf("container %s after creating it: %w", id, errors.Join(err, ErrContainerUnknown))
+	}
+	return copyContainer(containerFromLayer(r, snapshots.KindActive)), nil
 }
 
 // Container returns the container id names (ID, name or unique ID prefix).

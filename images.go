@@ -483,7 +483,7 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 	}
 	var top *layerRecord
 	if layer != "" {
-		r, err := s.layer(layer)
+		r, err := s.findLayer(layer)
 		if err != nil {
 			return nil, err
 		}
@@ -494,9 +494,13 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 		return nil, err
 	}
 	defer unlock()
-	idx, err := s.loadImages()
-	if err != nil {
-		return nil, err
+	// Through the daemon, it claims IDs and names atomically; through
+	// containerd, the check below (under the lock) is what enforces them.
+	idx := &imageIndex{}
+	if s.containerd != nil {
+		if idx, err = s.loadImages(); err != nil {
+			return nil, err
+		}
 	}
 	if id == "" {
 		id = newID()

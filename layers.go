@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -460,32 +461,39 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 	if options == nil {
 		options = &LayerOptions{}
 	}
-	idx, err := s.load()
-	if err != nil {
-		return nil, -1, err
-	}
 	if id == "" {
 		id = newID()
 	} else if err := validID(id); err != nil {
 		return nil, -1, err
 	}
-	if _, ok := idx.byID[id]; ok {
-		return nil, -1, fmt.Errorf("layer %q: %w", id, ErrDuplicateID)
+	if taken, err := s.layerKeyTaken(id); err != nil || taken {
+		if err == nil {
+			err = fmt.Errorf("layer %q: %w", id, ErrDuplicateID)
+		}
+		return nil, -1, err
 	}
 	if err := validNames(names); err != nil {
 		return nil, -1, err
 	}
 	names = dedupe(names)
+	// The daemon refuses a name another layer holds, atomically; the key
+	// of a snapshot containerd made is a name it does not index.
 	for _, n := range names {
-		if other, ok := idx.byName[n]; ok {
-			return nil, -1, fmt.Errorf("layer name %q is used by layer %s: %w", n, other.ID, ErrDuplicateName)
+		if other, err := s.statLayer(n); err != nil || (other != nil && !other.owned) {
+			if err == nil {
+				err = fmt.Errorf("layer name %q is the key of snapshot %s: %w", n, other.ID, ErrDuplicateName)
+			}
+			return nil, -1, err
 		}
 	}
 	parentKey := ""
 	if parent != "" {
-		p, ok := idx.lookup(parent)
-		if !ok {
+		p, err := s.findLayer(parent)
+		if errors.Is(err, ErrLayerUnknown) {
 			return nil, -1, fmt.Errorf("parent layer %q: %w", parent, ErrLayerUnknown)
+		}
+		if err != nil {
+			return nil, -1, err
 		}
 		if p.writeable {
 			if err := s.freeze(p); err != nil {
@@ -515,6 +523,7 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 	}
 
 	size := int64(-1)
+	var err error
 	if writeable {
 		if _, err := s.sn.Prepare(s.ctx, rwPrefix+id, parentKey, snapshots.WithLabels(labels)); err != nil {
 			return nil, -1, mapErr(fmt.Errorf("create layer %s: %w", id, err))
@@ -536,8 +545,16 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 			return nil, -1, err
 		}
 	}
-	l, err := s.Layer(id)
-	return l, size, err
+	key := id
+	if writeable {
+		key = rwPrefix + id
+	}
+	r, err := s.statLayer(key)
+	if err != nil || r == nil {
+		return nil, -1, fmt.Errorf("layer %s after creating it: %w", id, errors.Join(err, ErrLayerUnknown))
+	}
+	l := r.Layer
+	return &l, size, nil
 }
 
 // freeze commits writeable layer p under its ID so it can be a parent, as

@@ -1,0 +1,128 @@
+package storage
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+)
+
+// Targeted lookups: the calls that make things (PutLayer, CreateImage,
+// CreateContainer) find the one layer or image they need by key or by a
+// label filter instead of listing the whole store, so making the 10,000th
+// container costs what making the first did. The daemon checks IDs and
+// names itself, atomically, so these calls need no listing for that either.
+// Anything a targeted lookup cannot settle (an ID prefix, an image
+// containerd imported) falls back to the full listing.
+
+// quotable reports whether s can sit inside a quoted filter field or value.
+func quotable(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "\"\\\n")
+}
+
+// statLayer returns the layer whose snapshot has key, nil if none.
+func (s *store) statLayer(key string) (*layerRecord, error) {
+	info, err := s.sn.Stat(s.ctx, key)
+	if errdefs.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(info.Name, internalPrefix) && !strings.HasPrefix(info.Name, rwPrefix) {
+		return nil, nil
+	}
+	r := recordFromInfo(info)
+	if info.Parent != "" {
+		p, err := s.sn.Stat(s.ctx, info.Parent)
+		if err != nil {
+			return nil, err
+		}
+		r.Parent = recordFromInfo(p).ID
+	}
+	return r, nil
+}
+
+// findLayer finds layer ref (ID, name or ID prefix) without listing every
+// layer when it can.
+func (s *store) findLayer(ref string) (*layerRecord, error) {
+	if validID(ref) == nil {
+		for _, key := range []string{ref, rwPrefix + ref} {
+			r, err := s.statLayer(key)
+			if err != nil {
+				return nil, err
+			}
+			if r != nil && r.owned {
+				return r, nil
+			}
+		}
+	}
+	if quotable(ref) {
+		var key string
+		err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
+			key = info.Name
+			return nil
+		}, `labels."`+cslabels.NameKey(cslabels.Layer, ref)+`"`)
+		if err != nil {
+			return nil, err
+		}
+		if key != "" {
+			if r, err := s.statLayer(key); err != nil || r != nil {
+				return r, err
+			}
+		}
+	}
+	return s.layer(ref)
+}
+
+// findImage finds a store image by its exact ID or name with a label filter
+// (the daemon answers those from its index), else through the listing.
+func (s *store) findImage(ref string) (*imageRecord, error) {
+	if quotable(ref) {
+		for _, filter := range []string{
+			`labels."` + cslabels.ImageID + `"==` + strconv.Quote(ref),
+			`labels."` + cslabels.ImageNamePrefix + ref + `"`,
+		} {
+			var found *imageRecord
+			err := s.cs.Walk(s.ctx, func(info content.Info) error {
+				if info.Labels[cslabels.ImageMarker] == "" {
+					return nil
+				}
+				doc, err := s.readImageDoc(info)
+				if err != nil {
+					return err
+				}
+				found = imageFromLabels(doc, info.Digest, info.Labels)
+				return nil
+			}, filter)
+			if err != nil && !errdefs.IsNotFound(err) {
+				return nil, err
+			}
+			if found != nil {
+				return found, nil
+			}
+		}
+	}
+	r, _, err := s.image(ref)
+	return r, err
+}
+
+// layerKeyTaken reports whether a layer with ID id exists, committed or
+// writeable.
+func (s *store) layerKeyTaken(id string) (bool, error) {
+	for _, key := range []string{id, rwPrefix + id} {
+		_, err := s.sn.Stat(s.ctx, key)
+		if err == nil {
+			return true, nil
+		}
+		if !errdefs.IsNotFound(err) {
+			return false, err
+		}
+	}
+	return false, nil
+}
