@@ -333,6 +333,14 @@ type Store interface {
 	DeleteLayer(id string) error
 	Wipe() error
 
+	// Consistency (check.go): containers/storage's checks, repairs and
+	// garbage collection, and the unmapped owners of mount points' parents.
+	Check(options *CheckOptions) (CheckReport, error)
+	Repair(report CheckReport, options *RepairOptions) []error
+	GarbageCollect() error
+	LayerParentOwners(id string) ([]int, []int, error)
+	ContainerParentOwners(id string) ([]int, []int, error)
+
 	Status() ([][2]string, error)
 	Version() ([][2]string, error)
 	Free()
