@@ -295,7 +295,25 @@ func (s *Snapshotter) SnapshotID(dir string) (string, bool) {
 
 // Walk calls fn for every snapshot matching the filters.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
-	return s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+	return s.db.View(ctx, func(ctx context.Context, tx *bolt.Tx) error {
+		// One name: the index knows its holder; the rest need not be read.
+		if kind, name, ok := metadata.IndexedFilter(filters); ok && kind != cslabels.Image && kind != cslabels.ImageIDKind {
+			holder := metadata.Names(tx).Get(string(kind), name)
+			if holder == "" {
+				return nil
+			}
+			_, info, _, err := storage.GetInfo(ctx, holder)
+			if errdefs.IsNotFound(err) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if _, labelled := info.Labels[cslabels.NameKey(kind, name)]; !labelled {
+				return nil
+			}
+			return fn(ctx, info)
+		}
 		return storage.WalkInfo(ctx, fn, filters...)
 	})
 }
