@@ -58,7 +58,12 @@ func init() {
 			maxArgs:     -1,
 			flags:       jsonFlag,
 			action: func(c *cli, args []string) (int, error) {
-				return c.deleteEach(args, c.store.DeleteContainer)
+				return c.deleteEach(args, func(arg string) error {
+					if ctr, err := c.container(arg); err == nil {
+						arg = ctr.ID
+					}
+					return c.store.DeleteContainer(arg)
+				})
 			},
 		},
 		&command{
@@ -115,7 +120,7 @@ func init() {
 			minArgs:     1,
 			maxArgs:     1,
 			action: func(c *cli, args []string) (int, error) {
-				return c.printPath(c.store.ContainerDirectory(args[0]))
+				return c.printPath(c.store.ContainerDirectory(c.containerID(args[0])))
 			},
 		},
 		&command{
@@ -125,10 +130,33 @@ func init() {
 			minArgs:     1,
 			maxArgs:     1,
 			action: func(c *cli, args []string) (int, error) {
-				return c.printPath(c.store.ContainerRunDirectory(args[0]))
+				return c.printPath(c.store.ContainerRunDirectory(c.containerID(args[0])))
 			},
 		},
 	)
+}
+
+// container finds the container arg names as containers/storage does: by
+// ID, name, ID prefix, or the ID of its layer. (The store's Container does
+// not take the layer's ID; ContainerByLayer does.)
+func (c *cli) container(arg string) (*storage.Container, error) {
+	ctr, err := c.store.Container(arg)
+	if err == nil {
+		return ctr, nil
+	}
+	if byLayer, err2 := c.store.ContainerByLayer(arg); err2 == nil && byLayer.LayerID == arg {
+		return byLayer, nil
+	}
+	return nil, err
+}
+
+// containerID is the ID of the container arg names, else arg, for the
+// store to say what is wrong with it.
+func (c *cli) containerID(arg string) string {
+	if ctr, err := c.container(arg); err == nil {
+		return ctr.ID
+	}
+	return arg
 }
 
 // cmdContainers lists the containers: each ID, then tab-indented names
@@ -165,7 +193,7 @@ func cmdContainer(c *cli, args []string) (int, error) {
 	}
 	matched := []*storage.Container{}
 	for _, arg := range args {
-		if ctr, err := c.store.Container(arg); err == nil {
+		if ctr, err := c.container(arg); err == nil {
 			matched = append(matched, ctr)
 		}
 	}
@@ -239,7 +267,7 @@ func cmdCreateContainer(c *cli, args []string) (int, error) {
 }
 
 func cmdListContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.store.Container(args[0])
+	ctr, err := c.container(args[0])
 	if err != nil {
 		return 1, err
 	}
@@ -259,7 +287,7 @@ func cmdListContainerData(c *cli, args []string) (int, error) {
 // cmdGetContainerData writes a data item to stdout or to --file, which,
 // as containers-storage does, is created before the item is looked up.
 func cmdGetContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.store.Container(args[0])
+	ctr, err := c.container(args[0])
 	if err != nil {
 		return 1, err
 	}
@@ -288,7 +316,7 @@ func cmdGetContainerData(c *cli, args []string) (int, error) {
 }
 
 func cmdGetContainerDataSize(c *cli, args []string) (int, error) {
-	ctr, err := c.store.Container(args[0])
+	ctr, err := c.container(args[0])
 	if err != nil {
 		return 1, err
 	}
@@ -301,7 +329,7 @@ func cmdGetContainerDataSize(c *cli, args []string) (int, error) {
 }
 
 func cmdGetContainerDataDigest(c *cli, args []string) (int, error) {
-	ctr, err := c.store.Container(args[0])
+	ctr, err := c.container(args[0])
 	if err != nil {
 		return 1, err
 	}
@@ -318,7 +346,7 @@ func cmdGetContainerDataDigest(c *cli, args []string) (int, error) {
 
 // cmdSetContainerData stores stdin (or --file) as a data item.
 func cmdSetContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.store.Container(args[0])
+	ctr, err := c.container(args[0])
 	if err != nil {
 		return 1, err
 	}

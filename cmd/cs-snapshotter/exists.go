@@ -45,7 +45,7 @@ func cmdExists(c *cli, args []string) (int, error) {
 			}
 		}
 		if c.opts.existContainer {
-			if ctr, err := c.store.Container(what); ctr == nil || err != nil {
+			if ctr, err := c.container(what); ctr == nil || err != nil {
 				ok = false
 			}
 		}
