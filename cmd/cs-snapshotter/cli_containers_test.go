@@ -110,7 +110,7 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	s.expect(0, "[]\n", "containers", "--json")
 
 	// create-container
-	c1 := createdContainer(t, s.ok("create-container", "-n", "c1", "-n", "c2", "-m", "md1", "cimg"), "c1", "c2")
+	c1 := createdContainer(t, s.ok("create-container", "-n", "w1", "-n", "w2", "-m", "md1", "cimg"), "w1", "w2")
 	jID := strings.Repeat("cd", 32)
 	var j jsonContainer
 	decodeJSON(t, s.ok("createcontainer", "-j", "-f", writeFile("md", []byte("from a file")), "--id", jID, "-n", "j1", img), &j)
@@ -124,7 +124,7 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	if v := s.container(noimg); v.Image != "" || v.Flags["Volatile"] != true {
 		t.Errorf("create-container --volatile \"\": %+v", v)
 	}
-	s.cfails(nil, "that name is already in use", "create-container", "-n", "c1", "cimg")
+	s.cfails(nil, "that name is already in use", "create-container", "-n", "w1", "cimg")
 	s.cfails(nil, "that name is already in use", "create-container", "-n", "new", "-n", "j1", "cimg")
 	s.cfails(nil, "that ID is already in use", "create-container", "--id", jID, "cimg")
 	s.cfails(nil, "image not known", "create-container", "-n", "orphan", "nope")
@@ -139,7 +139,7 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 
 	// containers
 	out := s.ok("containers")
-	for _, want := range []string{c1 + "\n\tname: c1\n\tname: c2\n", jID + "\n\tname: j1\n", noimg + "\n"} {
+	for _, want := range []string{c1 + "\n\tname: w1\n\tname: w2\n", jID + "\n\tname: j1\n", noimg + "\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("containers: %q does not list %q", out, want)
 		}
@@ -155,9 +155,9 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	s.cfails(nil, "containers: too many arguments (extra)", "containers", "extra")
 
 	// container
-	l1 := s.container("c1").Layer
-	want := "ID: " + c1 + "\nName: c1\nName: c2\nImage: " + img + "\nImage name: cimg\nSize: 0\nLayer: " + l1 + "\n"
-	s.expect(0, want, "container", "c2")
+	l1 := s.container("w1").Layer
+	want := "ID: " + c1 + "\nName: w1\nName: w2\nImage: " + img + "\nImage name: cimg\nSize: 0\nLayer: " + l1 + "\n"
+	s.expect(0, want, "container", "w2")
 	s.expect(1, want, "container", "nope", c1)
 	s.expect(1, "[]\n", "container", "-j", "nope")
 	s.expect(1, "", "container", "cimg") // an image
@@ -168,51 +168,51 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	s.cfails(nil, "container: more arguments required", "container")
 
 	// Big data.
-	s.expect(0, "", "list-container-data", "c1")
-	s.expect(0, "[]\n", "list-container-data", "-j", "c1")
-	s.okIn([]byte("hello\n"), "set-container-data", "c1", "greeting")
+	s.expect(0, "", "list-container-data", "w1")
+	s.expect(0, "[]\n", "list-container-data", "-j", "w1")
+	s.okIn([]byte("hello\n"), "set-container-data", "w1", "greeting")
 	s.ok("setcontainerdata", "-f", writeFile("cfg", []byte("config!")), c1, "config")
 	s.okIn([]byte("hello again\n"), "set-container-data", "j1", "greeting")
-	s.expect(0, "config\ngreeting\n", "list-container-data", "c2")
+	s.expect(0, "config\ngreeting\n", "list-container-data", "w2")
 	s.expect(0, "[\"config\",\"greeting\"]\n", "listcontainerdata", "--json", c1)
-	s.expect(0, "hello\n", "get-container-data", "c1", "greeting")
+	s.expect(0, "hello\n", "get-container-data", "w1", "greeting")
 	s.expect(0, "hello again\n", "get-container-data", "j1", "greeting")
 	got := filepath.Join(dir, "got")
-	s.expect(0, "", "getcontainerdata", "--file", got, "c1", "config")
+	s.expect(0, "", "getcontainerdata", "--file", got, "w1", "config")
 	if b, err := os.ReadFile(got); err != nil || string(b) != "config!" {
 		t.Errorf("get-container-data -f: %q %v", b, err)
 	}
-	s.expect(0, "6\n", "get-container-data-size", "c1", "greeting")
+	s.expect(0, "6\n", "get-container-data-size", "w1", "greeting")
 	s.expect(0, "7\n", "getcontainerdatasize", c1, "config")
-	s.expect(0, sha([]byte("hello\n"))+"\n", "get-container-data-digest", "c1", "greeting")
-	s.expect(0, sha([]byte("config!"))+"\n", "getcontainerdatadigest", "c2", "config")
-	s.okIn([]byte("replaced"), "set-container-data", "c1", "config")
-	s.expect(0, "replaced", "get-container-data", "c1", "config")
-	s.expect(0, "8\n", "get-container-data-size", "c1", "config")
-	s.cfails(nil, "", "get-container-data", "c1", "nokey")
-	s.cfails(nil, "size is not known", "get-container-data-size", "c1", "nokey")
-	s.cfails(nil, "could not compute digest of item", "get-container-data-digest", "c1", "nokey")
+	s.expect(0, sha([]byte("hello\n"))+"\n", "get-container-data-digest", "w1", "greeting")
+	s.expect(0, sha([]byte("config!"))+"\n", "getcontainerdatadigest", "w2", "config")
+	s.okIn([]byte("replaced"), "set-container-data", "w1", "config")
+	s.expect(0, "replaced", "get-container-data", "w1", "config")
+	s.expect(0, "8\n", "get-container-data-size", "w1", "config")
+	s.cfails(nil, "", "get-container-data", "w1", "nokey")
+	s.cfails(nil, "size is not known", "get-container-data-size", "w1", "nokey")
+	s.cfails(nil, "could not compute digest of item", "get-container-data-digest", "w1", "nokey")
 	s.cfails(nil, "container not known", "get-container-data", "nope", "greeting")
 	s.cfails(nil, "container not known", "get-container-data-size", "cimg", "greeting")
 	s.cfails(nil, "container not known", "get-container-data-digest", "nope", "greeting")
 	s.cfails(nil, "container not known", "list-container-data", "cimg")
 	s.cfails([]byte("x"), "container not known", "set-container-data", "nope", "key")
-	s.cfails([]byte("x"), "not a valid name for a big data item", "set-container-data", "c1", "")
-	s.cfails(nil, "no such file", "set-container-data", "-f", filepath.Join(dir, "missing"), "c1", "key")
-	s.cfails(nil, "get-container-data: more arguments required", "get-container-data", "c1")
-	s.expect(0, "config\ngreeting\n", "list-container-data", "c1")
-	if out := s.ok("containers"); !strings.Contains(out, c1+"\n\tname: c1\n\tname: c2\n\tdata: config\n\tdata: greeting\n") || !strings.Contains(out, jID+"\n\tname: j1\n\tdata: greeting\n") {
+	s.cfails([]byte("x"), "not a valid name for a big data item", "set-container-data", "w1", "")
+	s.cfails(nil, "no such file", "set-container-data", "-f", filepath.Join(dir, "missing"), "w1", "key")
+	s.cfails(nil, "get-container-data: more arguments required", "get-container-data", "w1")
+	s.expect(0, "config\ngreeting\n", "list-container-data", "w1")
+	if out := s.ok("containers"); !strings.Contains(out, c1+"\n\tname: w1\n\tname: w2\n\tdata: config\n\tdata: greeting\n") || !strings.Contains(out, jID+"\n\tname: j1\n\tdata: greeting\n") {
 		t.Errorf("containers: %q", out)
 	}
 
 	// The container's directories, counted in its size.
-	cdir := strings.TrimSuffix(s.ok("get-container-dir", "c1"), "\n")
+	cdir := strings.TrimSuffix(s.ok("get-container-dir", "w1"), "\n")
 	rdir := strings.TrimSuffix(s.ok("getcontainerrundir", c1), "\n")
 	if !strings.HasPrefix(cdir, s.graph+"/") || !strings.HasPrefix(rdir, s.run+"/") || !strings.Contains(cdir, c1) || !strings.Contains(rdir, c1) {
 		t.Errorf("get-container-dir %q, get-container-run-dir %q: want them under %s and %s", cdir, rdir, s.graph, s.run)
 	}
 	s.expect(0, cdir+"\n", "getcontainerdir", c1)
-	s.expect(0, rdir+"\n", "get-container-run-dir", "c2")
+	s.expect(0, rdir+"\n", "get-container-run-dir", "w2")
 	writeIn := func(d, name, body string) {
 		if err := os.WriteFile(filepath.Join(d, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -220,33 +220,41 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	}
 	writeIn(cdir, "dirfile", "0123456789")
 	writeIn(rdir, "runfile", "01234")
-	if !strings.Contains(s.ok("container", "c1"), "\nSize: 29\n") { // 6 + 8 of data, 10 + 5 of files
-		t.Errorf("container c1: %s", s.ok("container", "c1"))
+	if !strings.Contains(s.ok("container", "w1"), "\nSize: 29\n") { // 6 + 8 of data, 10 + 5 of files
+		t.Errorf("container w1: %s", s.ok("container", "w1"))
 	}
 	s.cfails(nil, "container not known", "get-container-dir", "nope")
 	s.cfails(nil, "container not known", "get-container-run-dir", "cimg")
-	s.cfails(nil, "get-container-dir: too many arguments", "get-container-dir", "c1", "c2")
+	s.cfails(nil, "get-container-dir: too many arguments", "get-container-dir", "w1", "w2")
 
 	// exists
-	s.expect(0, "c1: true\n", "exists", "-c", "c1")
+	s.expect(0, "w1: true\n", "exists", "-c", "w1")
 	s.expect(0, "", "exists", "-q", "--container", c1, "j1")
 	s.expect(1, "cimg: true\n", "exists", "-c", "cimg")
 	s.expect(1, "ctr-base: true\n", "exists", "-c", "ctr-base")
 	s.expect(1, "nope: false\n", "exists", "-c", "nope")
-	s.expect(1, "{\"c1\":true,\"nope\":false}\n", "exists", "-j", "-c", "c1", "nope")
-	s.expect(1, "c1: true\n", "exists", "-i", "c1")
-	s.expect(1, "c1: true\n", "exists", "-l", "c1")
+	s.expect(1, "{\"nope\":false,\"w1\":true}\n", "exists", "-j", "-c", "w1", "nope") // keys sorted
+	s.expect(1, "w1: true\n", "exists", "-i", "w1")
+	s.expect(1, "w1: true\n", "exists", "-l", "w1")
 	s.expect(0, l1+": true\n", "exists", "-l", l1)
+	// As in containers/storage, a container's layer ID names it too.
+	s.expect(0, l1+": true\n", "exists", "-c", l1)
+	s.expect(1, l1[:12]+": true\n", "exists", "-c", l1[:12]) // but not a prefix of it
+	s.expect(0, s.ok("container", c1), "container", l1)
+	s.expect(0, "config\ngreeting\n", "list-container-data", l1)
+	s.expect(0, "hello\n", "get-container-data", l1, "greeting")
+	s.expect(0, cdir+"\n", "get-container-dir", l1)
+	s.expect(0, rdir+"\n", "get-container-run-dir", l1)
 
 	// Names.
-	s.expect(0, "c1\nc2\n", "get-names", "c1")
-	s.expect(0, "[\"c1\",\"c2\"]\n", "getnames", "-j", c1)
-	s.expect(0, "[\"c3\",\"c1\",\"c2\"]\n", "add-names", "-j", "-n", "c3", "c2")
-	s.expect(0, "", "remove-names", "-n", "c2", "c1")
-	s.expect(0, "c3\nc1\n", "get-names", c1)
-	s.expect(0, "[\"n1\",\"j1\"]\n", "set-names", "--json", "-n", "n1", "-n", "j1", "c1") // j1 moves here
+	s.expect(0, "w1\nw2\n", "get-names", "w1")
+	s.expect(0, "[\"w1\",\"w2\"]\n", "getnames", "-j", c1)
+	s.expect(0, "[\"w3\",\"w1\",\"w2\"]\n", "add-names", "-j", "-n", "w3", "w2")
+	s.expect(0, "", "remove-names", "-n", "w2", "w1")
+	s.expect(0, "w3\nw1\n", "get-names", c1)
+	s.expect(0, "[\"n1\",\"j1\"]\n", "set-names", "--json", "-n", "n1", "-n", "j1", "w1") // j1 moves here
 	s.expect(0, "", "get-names", jID)
-	s.expect(1, "c1: false\n", "exists", "c1")
+	s.expect(1, "w1: false\n", "exists", "w1")
 	s.expect(0, "", "set-names", "-n", "j1", jID) // and back
 	s.expect(0, "n1\n", "get-names", "n1")
 	s.cfails(nil, "", "get-names", "nope")
@@ -321,12 +329,16 @@ func testContainerCommands(t *testing.T, s *cliStore) {
 	s.expect(0, "[]\n", "containers", "-j")
 
 	// delete of a container's layer deletes the container.
-	c4 := createdContainer(t, s.ok("create-container", "-n", "c4", "cimg"), "c4")
+	c4 := createdContainer(t, s.ok("create-container", "-n", "w4", "cimg"), "w4")
 	s.expect(0, "", "delete", s.container(c4).Layer)
-	s.expect(1, "c4: false\n", "exists", "c4")
+	s.expect(1, "w4: false\n", "exists", "w4")
+
+	c6 := createdContainer(t, s.ok("create-container", "cimg"))
+	s.expect(0, "", "delete-container", s.container(c6).Layer)
+	s.expect(1, c6+": false\n", "exists", c6)
 
 	// wipe takes containers too; then the image and its layer go.
-	createdContainer(t, s.ok("create-container", "-n", "c5", "cimg"), "c5")
+	createdContainer(t, s.ok("create-container", "-n", "w5", "cimg"), "w5")
 	s.expect(0, "", "wipe")
 	s.expect(0, "", "containers")
 	s.expect(0, "", "images")
