@@ -86,8 +86,10 @@ const defaultMaximumUnreferencedLayerAge = 24 * time.Hour
 // CheckOptions says which checks Check makes.
 type CheckOptions struct {
 	// LayerUnreferencedMaximumAge is how old a layer no image or container
-	// uses, or an incomplete layer nothing has written to, may be before it
-	// is reported (24 hours when nil): younger ones may be work under way.
+	// uses may be before it is reported (24 hours when nil): a younger one
+	// may be part of an image being put together. An incomplete layer is
+	// reported once nothing has written to it for this long or 10
+	// minutes, whichever is shorter.
 	LayerUnreferencedMaximumAge *time.Duration
 	// LayerDigests: each layer's diff is reassembled and must have the
 	// digest and size recorded for it.
@@ -178,6 +180,9 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 	if options.LayerUnreferencedMaximumAge != nil {
 		maxAge = *options.LayerUnreferencedMaximumAge
 	}
+	// An incomplete layer shows whether someone works on it (it is
+	// written to), so it is abandoned sooner than an unreferenced layer.
+	incompleteAge := min(maxAge, staleAfter)
 
 	report := CheckReport{
 		Layers:                map[string][]error{},
@@ -212,8 +217,8 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 		}
 	}
 	// A layer being filled by someone (its incomplete label set, and
-	// written to within maxAge) is left out of the checks: its diff and
-	// files are not final. One abandoned is reported as incomplete.
+	// written to lately) is left out of the checks: its diff and files are
+	// not final. One abandoned is reported as incomplete.
 	busy := map[string]bool{}
 	for _, r := range idx.list {
 		report.layerParentsByLayerID[r.ID] = r.Parent
@@ -228,7 +233,7 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 			if !ok { // marked since the walk: under way
 				info = snapshots.Info{Created: now}
 			}
-			if last := s.lastWritten(info, r.ID); now.Sub(last) > maxAge {
+			if last := s.lastWritten(info, r.ID); now.Sub(last) > incompleteAge {
 				addLayer(r, fmt.Errorf("%slayer %s: last written %s: %w", roDesc(r), r.ID, last.UTC().Format(time.RFC3339), ErrLayerIncomplete))
 			}
 		}
@@ -273,11 +278,11 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 		}
 	}
 	// Incomplete snapshots no layer accounts for: what PutLayer leaves if
-	// its process dies. Younger than maxAge they may be work under way.
+	// its process dies. Written to lately, they are work under way.
 	var unaccounted []snapshots.Info
 	for key, info := range incomplete {
 		if id, ok := strings.CutPrefix(key, incompletePrefix); ok {
-			if last := s.lastWritten(info, id); now.Sub(last) > maxAge {
+			if last := s.lastWritten(info, id); now.Sub(last) > incompleteAge {
 				unaccounted = append(unaccounted, info)
 			}
 		}

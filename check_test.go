@@ -483,6 +483,17 @@ func TestCheckLayers(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantClean(t, s, CheckEverything(), "incomplete layers written to just now")
+			// Left alone long enough, they count as abandoned even
+			// though unreferenced layers would not yet.
+			old := staleAfter
+			staleAfter = -time.Hour
+			r, err := s.Check(CheckEverything())
+			staleAfter = old
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantReported(t, r.Layers[dead], ErrLayerUnaccounted, "PutLayer's remains, default options")
+			wantReported(t, r.Layers[half.ID], ErrLayerIncomplete, "half-applied layer, default options")
 			zero := time.Duration(0)
 			opts := CheckEverything()
 			opts.LayerUnreferencedMaximumAge = &zero
