@@ -20,6 +20,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
+	tstar "github.com/vbatts/tar-split/archive/tar"
 	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sys/unix"
 )
@@ -35,9 +36,19 @@ type ApplyOptions struct {
 	// <layer>.tar-split.gz. With it and the extracted files, Reassemble
 	// reproduces the layer. nil records nothing.
 	TarSplit io.Writer
-	// MaxUncompressed bounds the decompressed stream, and the sum of the
-	// sizes regular files declare (a sparse file expands beyond its stream
-	// bytes), against decompression bombs. 0 means no bound.
+	// MaxUncompressed bounds what the layer may expand to, against
+	// decompression bombs: the decompressed stream (what follows the tar's
+	// end included), and the sum of the sizes its regular files declare (a
+	// sparse file declares its expanded size, its holes are not in the
+	// stream). Both are checked before anything past the bound is written
+	// or expanded; past it, Apply fails with ErrTooLarge and names the
+	// bound.
+	//
+	// 0 means no bound, as containerd and containers/storage have none: a
+	// layer then expands until it is done or the disk is full, whatever
+	// its compressed size (a sparse file of 1 TiB takes a few hundred
+	// bytes, and zstd expands zeros more than 10,000 times). Which bound
+	// suits depends on the disk, so it is the caller's to set.
 	MaxUncompressed int64
 	// Parents are the lower directories of the layer, nearest first.
 	// Directories the tar implies but does not list are created in dir
@@ -97,10 +108,19 @@ type ApplyResult struct {
 // (ErrTooLarge), an entry escaping dir (ErrEscape), an owner out of range,
 // an old GNU sparse file, a hard link to nothing in dir, and, when recording a tar-split, two entries for the
 // same path (tar-split's storage.ErrDuplicatePath), which containers/storage
-// refuses too. On error dir is left partly written and TarSplit holds an
-// incomplete record; the caller is expected to discard both. Cancelling ctx
-// stops Apply at the next read or entry, but a Read of r already blocked is
-// waited for.
+// refuses too. On error the ApplyResult is zero, dir is left partly written
+// and TarSplit holds an incomplete record; the caller is expected to discard
+// both. Cancelling ctx stops Apply at the next read, entry or megabyte
+// written (a sparse file's holes read nothing), but a Read of r already
+// blocked is waited for.
+//
+// A tar that ends at an entry boundary without its end-of-archive blocks
+// is complete as far as Go's tar reader, containerd's and
+// containers/storage's can tell, and applies; the layer's digest is the
+// caller's check. Device nodes and fifos are made as the tar says (as root;
+// in a user namespace character and block devices are skipped, as
+// containerd skips them), set-user-ID and set-group-ID bits kept, like any
+// other entry only inside dir.
 func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (ApplyResult, error) {
 	root, err := filepath.Abs(dir)
 	if err != nil {
@@ -143,7 +163,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	defer dec.Close()
 
 	uncompressed := &limitReader{r: dec, max: opts.MaxUncompressed}
-	rec := &recorder{}
+	rec := &recorder{max: opts.MaxUncompressed}
 	var tsz *gzip.Writer
 	if opts.TarSplit != nil {
 		// BestSpeed, as containers/storage: the metadata is mostly
@@ -161,7 +181,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	// and hands the same bytes on to the extractor.
 	decoded := newPrefetcher(uncompressed, nil)
 	uncompressedHash := digest.Canonical.Hash()
-	tarStream, done := splitStream(decoded, uncompressedHash, rec)
+	tarStream, done := splitStream(ctx, decoded, uncompressedHash, rec)
 
 	v := &vetter{
 		root:  root,
@@ -315,12 +335,26 @@ func (v *vetter) filter(hdr *tar.Header) (bool, error) {
 		return false, errors.New("old GNU sparse files are not supported")
 	}
 	if hdr.Typeflag == tar.TypeReg {
-		v.declared += hdr.Size
-		if v.max > 0 && v.declared > v.max {
-			return false, fmt.Errorf("%w: files declare more than %d bytes", ErrTooLarge, v.max)
+		if err := declare(&v.declared, hdr.Size, v.max); err != nil {
+			return false, err
 		}
 	}
 	return true, nil
+}
+
+// declare adds a regular file's declared size to *total and fails with
+// ErrTooLarge once the total passes max (0: no bound). A sparse file declares
+// its expanded size, beyond its bytes in the stream; sizes up to
+// math.MaxInt64 do not wrap the total around.
+func declare(total *int64, size, max int64) error {
+	if max <= 0 {
+		return nil
+	}
+	if size > max-*total {
+		return fmt.Errorf("%w: files declare more than %d bytes", ErrTooLarge, max)
+	}
+	*total += size
+	return nil
 }
 
 // trackEntry follows where content lands, so that Apply can tell whether
@@ -425,6 +459,11 @@ func (v *vetter) checkReassembly(recorded []payload, disturbed bool) {
 // for.
 type recorder struct {
 	packer storage.Packer // nil: not recording
+	// max bounds the sizes regular files declare, as the vetter does:
+	// the parser expands a sparse file's holes itself, before the
+	// extractor sees the entry.
+	max      int64
+	declared int64
 	// stream is what the parser reads; its count tells how many stream
 	// bytes a payload took.
 	stream   *teeBatcher
@@ -437,15 +476,60 @@ type recorder struct {
 	notReproducible string
 }
 
+// header vets each header tar-split's parser reads, before the parser reads
+// its payload. The vetter sees the same headers later, in the extractor; a
+// sparse file must be refused here already, since its holes come from
+// the parser, not the stream, and nothing else would bound them.
+func (rc *recorder) header(hdr *tstar.Header) error {
+	switch hdr.Typeflag {
+	case tstar.TypeGNUSparse:
+		// The vetter refuses them; do not expand one first.
+		return fmt.Errorf("entry %q: old GNU sparse files are not supported", hdr.Name)
+	case tstar.TypeReg, tstar.TypeRegA: //nolint:staticcheck // may still come in a tar
+		if err := declare(&rc.declared, hdr.Size, rc.max); err != nil {
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			// Expanding the holes reads nothing from the stream: hand the
+			// extractor what the batch holds, this entry's header
+			// included, so that it works meanwhile.
+			return rc.stream.send(nil)
+		}
+	}
+	return nil
+}
+
 // Put is called for every entry whose header declares a size, just before
-// AddEntry for it.
+// AddEntry for it. It stops when the stream is closed or the context done,
+// between chunks: a sparse file's holes read nothing from the stream, which
+// would otherwise notice.
 func (rc *recorder) Put(_ string, r io.Reader) (n int64, crc []byte, err error) {
 	before := rc.stream.n
-	if rc.packer == nil {
-		n, err = io.CopyBuffer(io.Discard, r, rc.buf[:])
-	} else {
-		h := crc64.New(storage.CRCTable)
-		n, err = io.CopyBuffer(h, r, rc.buf[:])
+	var h hash.Hash64
+	if rc.packer != nil {
+		h = crc64.New(storage.CRCTable)
+	}
+	for {
+		if err = rc.stream.stopped(); err != nil {
+			break
+		}
+		var m int
+		m, err = r.Read(rc.buf[:])
+		if m > 0 && h != nil {
+			h.Write(rc.buf[:m])
+		}
+		n += int64(m)
+		if err == io.EOF {
+			err = nil
+			break
+		}
+		if err != nil {
+			break
+		}
+	}
+	if h != nil {
 		crc = h.Sum(nil)
 	}
 	rc.lastPut, rc.lastRaw = n, rc.stream.n-before

@@ -351,6 +351,11 @@ func (e *extractor) regular(ctx context.Context, hdr *tar.Header, p, parent stri
 
 func (e *extractor) fill(ctx context.Context, fd int, hdr *tar.Header, p, parent string, tr io.Reader) error {
 	for done := false; !done; {
+		// A sparse file's holes read nothing from the stream, where
+		// cancellation would otherwise show.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		// Fill the buffer, so that a large file is written in large
 		// chunks; the tar reader says io.EOF at the end of the entry.
 		n := 0

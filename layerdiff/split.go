@@ -1,6 +1,7 @@
 package layerdiff
 
 import (
+	"context"
 	"errors"
 	"hash"
 	"io"
@@ -20,8 +21,10 @@ import (
 //
 // done receives the parser's error (nil at EOF) once it no longer reads
 // src. Stopping the returned stream makes the parser fail with
-// io.ErrClosedPipe at its next hand-off.
-func splitStream(src *prefetcher, h hash.Hash, rec *recorder) (*batchStream, <-chan error) {
+// io.ErrClosedPipe at its next hand-off, and ctx's end with ctx's error;
+// rec checks both between payload chunks too, since a sparse file's holes
+// take nothing from src.
+func splitStream(ctx context.Context, src *prefetcher, h hash.Hash, rec *recorder) (*batchStream, <-chan error) {
 	s := &batchStream{
 		full: make(chan chunk, batchBuffers+1), // every buffer, and the end
 		free: make(chan []byte, batchBuffers),
@@ -31,7 +34,7 @@ func splitStream(src *prefetcher, h hash.Hash, rec *recorder) (*batchStream, <-c
 		s.free <- make([]byte, 0, batchSize)
 	}
 	done := make(chan error, 1)
-	t := &teeBatcher{src: src, dst: s, hash: h}
+	t := &teeBatcher{src: src, dst: s, hash: h, ctx: ctx}
 	s.tee = t
 	rec.stream = t // it counts what a payload took of the stream
 	go func() {
@@ -45,7 +48,7 @@ func splitStream(src *prefetcher, h hash.Hash, rec *recorder) (*batchStream, <-c
 			t.send(last)
 			done <- err
 		}()
-		err = splitTar(t, rec, rec)
+		err = splitTar(t, rec, rec, rec.header)
 	}()
 	return s, done
 }
@@ -96,8 +99,9 @@ type teeBatcher struct {
 	src    *prefetcher
 	dst    *batchStream
 	hash   hash.Hash
-	n      int64  // bytes read
-	buf    []byte // the batch being filled, nil if none
+	ctx    context.Context // nil: not checked
+	n      int64           // bytes read
+	buf    []byte          // the batch being filled, nil if none
 	failed error
 }
 
@@ -154,10 +158,32 @@ func (t *teeBatcher) send(err error) error {
 	return nil
 }
 
+// stopped returns the error the parser should stop with: the stream was
+// closed, or the context the batcher was given is done.
+func (t *teeBatcher) stopped() error {
+	if t.failed != nil {
+		return t.failed
+	}
+	select {
+	case <-t.dst.stop:
+		t.failed = io.ErrClosedPipe
+		return t.failed
+	default:
+	}
+	if t.ctx != nil {
+		if err := t.ctx.Err(); err != nil {
+			t.failed = err
+			return err
+		}
+	}
+	return nil
+}
+
 // splitTar is tar-split's asm.runInputTarStream (v0.12.3): it parses the
 // tar stream from r and records it into p, payloads through fp, then reads
-// what follows the archive.
-func splitTar(r io.Reader, p storage.Packer, fp storage.FilePutter) error {
+// what follows the archive. vet, if not nil, sees each header before its
+// payload is read, and can refuse it.
+func splitTar(r io.Reader, p storage.Packer, fp storage.FilePutter, vet func(*tar.Header) error) error {
 	tr := tar.NewReader(r)
 	tr.RawAccounting = true
 	segment := func() error {
@@ -185,6 +211,11 @@ func splitTar(r io.Reader, p storage.Packer, fp storage.FilePutter) error {
 		}
 		if err := segment(); err != nil {
 			return err
+		}
+		if vet != nil {
+			if err := vet(hdr); err != nil {
+				return err
+			}
 		}
 		var csum []byte
 		if hdr.Size > 0 {
