@@ -69,6 +69,13 @@ type Snapshotter struct {
 	MountOptions []string `toml:"mount_options"`
 	// AsyncRemove defers removing a snapshot's files to Cleanup.
 	AsyncRemove bool `toml:"async_remove"`
+	// MaxLayerSize bounds, in bytes, what one layer may expand to when it
+	// is applied (a pull's unpacking, the store's ApplyDiff): its
+	// uncompressed tar, and the sizes its files declare (a sparse file's
+	// holes included). A layer over it fails with an error naming the
+	// bound. 0 means no bound, as in containerd and containers/storage;
+	// see config.toml.example.
+	MaxLayerSize int64 `toml:"max_layer_size"`
 }
 
 // Default returns the configuration used when no file sets anything.
@@ -139,6 +146,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("metrics.address must be host:port or an absolute socket path, got %q", a)
 		}
+	}
+	if c.Snapshotter.MaxLayerSize < 0 {
+		return fmt.Errorf("snapshotter.max_layer_size must be a number of bytes, 0 for no limit, got %d", c.Snapshotter.MaxLayerSize)
 	}
 	if a := c.Debug.Address; a != "" && !filepath.IsAbs(a) {
 		return fmt.Errorf("debug.address must be an absolute socket path, got %q", a)

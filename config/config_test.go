@@ -48,6 +48,7 @@ func TestExampleIsDefault(t *testing.T) {
 	d := Default()
 	if c.Root != d.Root || c.RunRoot != d.RunRoot || c.LogLevel != d.LogLevel || c.GRPC != d.GRPC ||
 		len(c.Snapshotter.MountOptions) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
+		c.Snapshotter.MaxLayerSize != d.Snapshotter.MaxLayerSize ||
 		c.Metrics != d.Metrics || c.Debug != d.Debug {
 		t.Errorf("example differs from defaults:\n%+v\n%+v", c, d)
 	}
@@ -64,6 +65,7 @@ mode = "0660"
 [snapshotter]
 mount_options = ["volatile"]
 async_remove = true
+max_layer_size = 107374182400
 [metrics]
 address = "127.0.0.1:9100"
 [debug]
@@ -74,6 +76,7 @@ address = "/run/cs-debug.sock"
 	}
 	if c.Root != "/srv/cs" || c.Address() != "/srv/cs.sock" || c.GRPC.GID != 42 || c.GRPC.UID != -1 ||
 		c.Snapshotter.MountOptions[0] != "volatile" || !c.Snapshotter.AsyncRemove || c.RunRoot != DefaultRunRoot ||
+		c.Snapshotter.MaxLayerSize != 100<<30 ||
 		c.Metrics.Address != "127.0.0.1:9100" || c.Debug.Address != "/run/cs-debug.sock" {
 		t.Errorf("parsed %+v", c)
 	}
@@ -92,6 +95,9 @@ func TestParseErrors(t *testing.T) {
 		{"[metrics]\naddress = \"metrics.sock\"\n", `metrics.address must be host:port or an absolute socket path, got "metrics.sock"`},
 		{"[metrics]\nadress = \"x\"\n", `unknown key "metrics.adress" (line 2)`},
 		{"[debug]\naddress = \"localhost:6060\"\n", `debug.address must be an absolute socket path, got "localhost:6060"`},
+		{"[snapshotter]\nmax_layer_size = -1\n", `snapshotter.max_layer_size must be a number of bytes, 0 for no limit, got -1`},
+		{"[snapshotter]\nmax_layer_size = \"10G\"\n", "line 2"},
+		{"[snapshotter]\nmax_layer_size = 1e12\n", "line 2"},
 	} {
 		c := Default()
 		err := Parse([]byte(tc.doc), &c)
