@@ -786,15 +786,20 @@ func (s *store) LayerParentOwners(id string) ([]int, []int, error) {
 }
 
 // ContainerParentOwners is LayerParentOwners for the container's layer.
+// The container may be named by ID, name, ID prefix or its layer's ID, as
+// containers/storage looks containers up.
 func (s *store) ContainerParentOwners(id string) ([]int, []int, error) {
 	idx, err := s.load()
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, ok := idx.lookupContainer(id); !ok {
-		return nil, nil, ErrContainerUnknown
+	if _, ok := idx.lookupContainer(id); ok {
+		return nil, nil, nil
 	}
-	return nil, nil, nil
+	if r, ok := idx.byID[id]; ok && idx.containerOn(r) != nil {
+		return nil, nil, nil
+	}
+	return nil, nil, ErrContainerUnknown
 }
 
 // What LayerContents compares: each path's type, owner, size, permissions

@@ -689,8 +689,10 @@ func TestParentOwners(t *testing.T) {
 		if _, _, err := s.LayerParentOwners("nope"); !errors.Is(err, ErrLayerUnknown) {
 			t.Errorf("LayerParentOwners of nothing: %v", err)
 		}
-		if uids, gids, err := s.ContainerParentOwners("owners-ctr"); err != nil || uids != nil || gids != nil {
-			t.Errorf("ContainerParentOwners = %v, %v, %v", uids, gids, err)
+		for _, id := range []string{"owners-ctr", c.ID, c.LayerID} {
+			if uids, gids, err := s.ContainerParentOwners(id); err != nil || uids != nil || gids != nil {
+				t.Errorf("ContainerParentOwners(%s) = %v, %v, %v", id, uids, gids, err)
+			}
 		}
 		if _, _, err := s.ContainerParentOwners(l.ID); !errors.Is(err, ErrContainerUnknown) {
 			t.Errorf("ContainerParentOwners of a layer: %v", err)

@@ -232,7 +232,7 @@ func cmdLayerParentOwners(c *cli, args []string) (int, error) {
 func cmdContainerParentOwners(c *cli, args []string) (int, error) {
 	var matched []*storage.Container
 	for _, arg := range args {
-		if ctr, err := c.store.Container(arg); err == nil {
+		if ctr, err := c.container(arg); err == nil {
 			matched = append(matched, ctr)
 		}
 	}

@@ -356,7 +356,18 @@ func testParentOwners(t *testing.T, s *cliStore) {
 
 	s.expect(0, "ID: "+ctr+"\nUIDs: []\nGIDs: []\n", "container-parent-owners", "owners-ctr")
 	s.expect(1, "", "container-parent-owners", "nope")
-	s.expect(1, "", "container-parent-owners", l) // a layer is no container
+	s.expect(1, "", "container-parent-owners", l) // an image's layer is no container
+	layerOf := func(id string) string {
+		var c []struct {
+			Layer string `json:"layer"`
+		}
+		decodeJSON(t, s.ok("container", "--json", id), &c)
+		if len(c) != 1 {
+			t.Fatalf("container --json %s: %v", id, c)
+		}
+		return c[0].Layer
+	}
+	s.expect(0, "ID: "+ctr+"\nUIDs: []\nGIDs: []\n", "container-parent-owners", layerOf(ctr)) // its own layer names it
 	s.expect(0, `{"ID":"`+ctr+`","UIDs":null,"GIDs":null}`+"\n", "container-parent-owners", "-j", ctr)
 	s.chkFails("more arguments required", "container-parent-owners")
 
