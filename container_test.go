@@ -3,6 +3,7 @@ package storage
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // imageWithFile makes a one-layer image holding /etc/hello.
@@ -367,6 +369,39 @@ func TestWipeContainers(t *testing.T) {
 		imgs, _ := s.Images()
 		if len(ctrs)+len(layers)+len(imgs) != 0 || blobCount(t, cs) != 0 {
 			t.Errorf("after Wipe: %d containers, %d layers, %d images, %d blobs", len(ctrs), len(layers), len(imgs), blobCount(t, cs))
+		}
+	})
+}
+
+// TestDeleteAfterReboot: a layer mounted before a reboot (the run root
+// wiped, the mount gone) deletes without a gc first.
+func TestDeleteAfterReboot(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		img := imageWithFile(t, s)
+		mnt, err := s.Mount(img.TopLayer, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The reboot: the mount and the run root's records are gone.
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(s.RunRoot()); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Mounted(img.TopLayer); err != nil || n != 0 {
+			t.Errorf("after the reboot: mounted %d, %v", n, err)
+		}
+		if _, err := s.DeleteImage(img.ID, true); err != nil {
+			t.Fatalf("delete after a reboot: %v", err)
+		}
+		if layers, _ := s.Layers(); len(layers) != 0 {
+			t.Errorf("layers left: %v", layers)
+		}
+		n := 0
+		sn.Walk(testCtx, func(context.Context, snapshots.Info) error { n++; return nil })
+		if n != 0 {
+			t.Errorf("%d snapshots left (the stale mount view?)", n)
 		}
 	})
 }

@@ -118,13 +118,19 @@ func containerFromLayer(r *layerRecord, kind snapshots.Kind) *containerRecord {
 	return c
 }
 
-// lookupContainer finds a container by ID, name, or unique ID prefix.
+// lookupContainer finds a container by ID, name, its layer's ID, or
+// unique ID prefix, as containers/storage does.
 func (idx *layerIndex) lookupContainer(name string) (*containerRecord, bool) {
 	if c, ok := idx.ctrByID[name]; ok {
 		return c, true
 	}
 	if c, ok := idx.ctrByName[name]; ok {
 		return c, true
+	}
+	if l, ok := idx.byID[name]; ok {
+		if c := idx.containerOn(l); c != nil {
+			return c, true
+		}
 	}
 	if name == "" {
 		return nil, false

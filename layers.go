@@ -820,6 +820,9 @@ func (s *store) DeleteLayer(id string) error {
 		if _, err := s.Unmount(r.ID, true); err != nil {
 			return err
 		}
+	} else if err := s.deleteSnapshot(mountPrefix + r.ID); err != nil {
+		// The view of a mount the run root forgot (a reboot) is no child.
+		return fmt.Errorf("delete layer %v: release its stale mount view: %w", r.ID, err)
 	}
 	if err := s.deleteSnapshot(r.key); err != nil {
 		if errdefs.IsFailedPrecondition(err) {
