@@ -3,8 +3,11 @@ package metadata
 import (
 	"context"
 	"fmt"
+	"slices"
+	"unicode/utf8"
 
 	"github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
@@ -134,13 +137,47 @@ func putLabels(parent *bolt.Bucket, dgst digest.Digest, labels map[string]string
 	return nil
 }
 
-// ValidateLabels applies containerd's size limit to every label, answering
-// InvalidArgument for the first one over it.
+// ValidateLabels applies containerd's rules to every label: a key and
+// value of at most 4096 bytes together (containerd's labels.Validate), and,
+// as containerd's gRPC API cannot carry anything else and a key says what a
+// label is, a non-empty key and key and value in UTF-8. It answers
+// InvalidArgument naming the first label refused (in the order of its key,
+// so the answer does not change from call to call).
 func ValidateLabels(l map[string]string) error {
-	for k, v := range l {
-		if err := labels.Validate(k, v); err != nil {
+	if len(l) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if err := ValidateLabel(k, l[k]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// ValidateLabel applies ValidateLabels' rules to one label.
+func ValidateLabel(k, v string) error {
+	switch {
+	case k == "":
+		return fmt.Errorf("label key must not be empty (value %q): %w", truncate(v), errdefs.ErrInvalidArgument)
+	case !utf8.ValidString(k):
+		return fmt.Errorf("label key %q is not valid UTF-8: %w", truncate(k), errdefs.ErrInvalidArgument)
+	case !utf8.ValidString(v):
+		return fmt.Errorf("value of label %q is not valid UTF-8: %w", truncate(k), errdefs.ErrInvalidArgument)
+	}
+	return labels.Validate(k, v)
+}
+
+// truncate shortens s for an error message.
+func truncate(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
 }
