@@ -137,8 +137,9 @@ func init() {
 }
 
 // container finds the container arg names as containers/storage does: by
-// ID, name, ID prefix, or the ID of its layer. (The store's Container does
-// not take the layer's ID; ContainerByLayer does.)
+// ID, name, the ID of its layer, or ID prefix. The store's Container does
+// all of these since 5d4cc4e; ContainerByLayer stays as a fallback for a
+// store that does not take the layer's ID.
 func (c *cli) container(arg string) (*storage.Container, error) {
 	ctr, err := c.store.Container(arg)
 	if err == nil {
