@@ -405,3 +405,63 @@ func TestDeleteAfterReboot(t *testing.T) {
 		}
 	})
 }
+
+// TestMountOptions: an image mounts read-only with the options given, a
+// container with its own mount options.
+func TestMountOptions(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		img := imageWithFile(t, s, "img")
+		mnt, err := s.MountImage("img", []string{"noexec", "nosuid"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(mnt, "etc/hello")); err != nil || string(b) != "hello from the image\n" {
+			t.Errorf("image mount: %q, %v", b, err)
+		}
+		if err := os.WriteFile(filepath.Join(mnt, "x"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+			t.Errorf("write into an image mount: %v, want EROFS", err)
+		}
+		if opts := mountOptions(t, mnt); !opts["noexec"] || !opts["nosuid"] || !opts["ro"] {
+			t.Errorf("image mount options %v", opts)
+		}
+		if still, err := s.UnmountImage(img.ID, false); err != nil || still {
+			t.Errorf("UnmountImage = %v, %v", still, err)
+		}
+		c, err := s.CreateContainer("", nil, img.ID, "", "", &ContainerOptions{MountOpts: []string{"nodev"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mnt, err = s.Mount(c.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opts := mountOptions(t, mnt); !opts["nodev"] || opts["ro"] {
+			t.Errorf("container mount options %v", opts)
+		}
+		if _, err := s.Unmount(c.ID, true); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// mountOptions returns the options the kernel reports for the mount at
+// path.
+func mountOptions(t *testing.T, path string) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == path {
+			opts := map[string]bool{}
+			for _, o := range strings.Split(f[5], ",") {
+				opts[o] = true
+			}
+			return opts
+		}
+	}
+	t.Fatalf("%s is not mounted", path)
+	return nil
+}

@@ -73,8 +73,35 @@ func (s *store) lockMounts() (func(), error) {
 }
 
 // Mount mounts layer id (read-write for a container's layer, read-only for
-// an image layer) and returns where; a second Mount only counts.
+// an image layer) and returns where; a second Mount only counts. A
+// container's mount options (and volatile flag) apply, as in
+// containers/storage.
 func (s *store) Mount(id, mountLabel string) (string, error) {
+	return s.mount(id, mountLabel, nil)
+}
+
+// MountImage mounts image id's top layer read-only with mountOpts.
+func (s *store) MountImage(id string, mountOpts []string, mountLabel string) (string, error) {
+	img, err := s.findImage(id)
+	if err != nil {
+		return "", err
+	}
+	if img.TopLayer == "" {
+		return "", fmt.Errorf("image %s has no layers to mount: %w", img.ID, ErrLayerUnknown)
+	}
+	return s.mount(img.TopLayer, mountLabel, append(append([]string{}, mountOpts...), "ro"))
+}
+
+// UnmountImage unmounts image id's top layer.
+func (s *store) UnmountImage(id string, force bool) (bool, error) {
+	img, err := s.findImage(id)
+	if err != nil {
+		return false, err
+	}
+	return s.Unmount(img.TopLayer, force)
+}
+
+func (s *store) mount(id, mountLabel string, options []string) (string, error) {
 	unlock, err := s.lockMounts()
 	if err != nil {
 		return "", err
@@ -87,6 +114,18 @@ func (s *store) Mount(id, mountLabel string) (string, error) {
 	r, err := idx.layerOrContainer(id)
 	if err != nil {
 		return "", err
+	}
+	if c := idx.containerOn(r); c != nil {
+		if opts, ok := c.Flags[mountOptsFlag].([]interface{}); ok {
+			for _, o := range opts {
+				if o, ok := o.(string); ok {
+					options = append(options, o)
+				}
+			}
+		}
+		if v, _ := c.Flags[volatileFlag].(bool); v {
+			options = append(options, "volatile")
+		}
 	}
 	counts, err := s.readMounts()
 	if err != nil {
@@ -110,6 +149,9 @@ func (s *store) Mount(id, mountLabel string) (string, error) {
 	if err != nil {
 		return "", mapErr(fmt.Errorf("mount layer %s: %w", r.ID, err))
 	}
+	for i := range mounts {
+		mounts[i].Options = withOptions(mounts[i], options)
+	}
 	target := filepath.Join(s.opts.RunRoot, "mounts", r.ID)
 	if err := os.MkdirAll(target, 0o700); err != nil {
 		return "", err
@@ -118,10 +160,32 @@ func (s *store) Mount(id, mountLabel string) (string, error) {
 		if !r.writeable {
 			s.deleteSnapshot(mountPrefix + r.ID)
 		}
-		return "", fmt.Errorf("mount layer %s: %w", r.ID, err)
+		return "", fmt.Errorf("mount layer %s (options %v): %w", r.ID, options, err)
 	}
 	counts[r.ID] = mountEntry{Path: target, Count: 1}
 	return target, s.writeMounts(counts)
+}
+
+// withOptions adds options to m's, dropping "rw" when "ro" is asked and
+// "volatile" where it means nothing (a bind mount).
+func withOptions(m mount.Mount, options []string) []string {
+	out := append([]string(nil), m.Options...)
+	for _, o := range options {
+		if o == "volatile" && m.Type != "overlay" {
+			continue
+		}
+		if o == "ro" {
+			kept := out[:0]
+			for _, e := range out {
+				if e != "rw" {
+					kept = append(kept, e)
+				}
+			}
+			out = kept
+		}
+		out = append(out, o)
+	}
+	return out
 }
 
 // Unmount drops one mount of layer id (every one with force) and unmounts

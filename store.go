@@ -276,6 +276,8 @@ type Store interface {
 	Changes(from, to string) ([]Change, error)
 
 	Mount(id, mountLabel string) (string, error)
+	MountImage(id string, mountOpts []string, mountLabel string) (string, error)
+	UnmountImage(id string, force bool) (bool, error)
 	Unmount(id string, force bool) (bool, error)
 	Mounted(id string) (int, error)
 

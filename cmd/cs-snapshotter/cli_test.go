@@ -457,7 +457,7 @@ func testLayerCommands(t *testing.T, s *cliStore, mode string) {
 		s.expect(0, "", "setmetadata", "--metadata-file", mdFile, "base")
 		s.expect(0, "{\"from\": \"a file\"}\n", "metadata", "-q", base) // the trailing newline is trimmed once
 		s.fails(nil, "no new metadata provided", "set-metadata", "top")
-		s.fails(nil, "layer not known", "set-metadata", "-m", "x", "nope")
+		s.fails(nil, "identifier is not a layer, image, or container", "set-metadata", "-m", "x", "nope")
 	})
 
 	t.Run("layer data", func(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -57,10 +56,6 @@ func init() {
 	)
 }
 
-// errImageMount: `mount -r` mounts an image read-only; the store has no
-// images yet.
-var errImageMount = errors.New("read-only image mounts are not supported: the store has no images")
-
 // cmdMount mounts each argument and prints its mount point (an empty line
 // for one that failed, with the error on stderr); 1 if any failed.
 func cmdMount(c *cli, args []string) (int, error) {
@@ -69,7 +64,7 @@ func cmdMount(c *cli, args []string) (int, error) {
 		var mp string
 		var err error
 		if c.opts.readOnly {
-			err = errImageMount
+			mp, err = c.store.MountImage(arg, []string{"noexec", "nosuid"}, c.opts.label)
 		} else {
 			mp, err = c.store.Mount(arg, c.opts.label)
 		}
@@ -110,8 +105,12 @@ func cmdUnmount(c *cli, args []string) (int, error) {
 		stillMounted, err := c.store.Unmount(arg, c.opts.force)
 		r := idError{ID: arg}
 		if err != nil {
-			r.Error = err.Error()
-			failed = true
+			// Perhaps an image mounted with mount -r; as
+			// containers-storage, the first error is the one told.
+			if _, ierr := c.store.UnmountImage(arg, c.opts.force); ierr != nil {
+				r.Error = err.Error()
+				failed = true
+			}
 		} else if !stillMounted {
 			// Printed with --json too, before the JSON, as
 			// containers-storage does.
