@@ -464,6 +464,7 @@ type recorder struct {
 	// extractor sees the entry.
 	max      int64
 	declared int64
+	holes    int64 // bytes the parser returned beyond those it read
 	// stream is what the parser reads; its count tells how many stream
 	// bytes a payload took.
 	stream   *teeBatcher
@@ -481,22 +482,27 @@ type recorder struct {
 // sparse file must be refused here already, since its holes come from
 // the parser, not the stream, and nothing else would bound them.
 func (rc *recorder) header(hdr *tstar.Header) error {
-	switch hdr.Typeflag {
-	case tstar.TypeGNUSparse:
+	if hdr.Typeflag == tstar.TypeGNUSparse {
 		// The vetter refuses them; do not expand one first.
 		return fmt.Errorf("entry %q: old GNU sparse files are not supported", hdr.Name)
-	case tstar.TypeReg, tstar.TypeRegA: //nolint:staticcheck // may still come in a tar
+	}
+	sparse := false
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			sparse = true // of whatever type: the parser expands it
+			break
+		}
+	}
+	if hdr.Typeflag == tstar.TypeReg || hdr.Typeflag == tstar.TypeRegA || sparse { //nolint:staticcheck // TypeRegA may still come in a tar
 		if err := declare(&rc.declared, hdr.Size, rc.max); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 	}
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			// Expanding the holes reads nothing from the stream: hand the
-			// extractor what the batch holds, this entry's header
-			// included, so that it works meanwhile.
-			return rc.stream.send(nil)
-		}
+	if sparse {
+		// Expanding the holes reads nothing from the stream: hand the
+		// extractor what the batch holds, this entry's header included,
+		// so that it works meanwhile.
+		return rc.stream.send(nil)
 	}
 	return nil
 }
@@ -521,6 +527,11 @@ func (rc *recorder) Put(_ string, r io.Reader) (n int64, crc []byte, err error) 
 			h.Write(rc.buf[:m])
 		}
 		n += int64(m)
+		if rc.max > 0 && rc.holes+n-(rc.stream.n-before) > rc.max {
+			// Behind header's check, whatever made the parser expand.
+			err = fmt.Errorf("%w: sparse files expand to more than %d bytes", ErrTooLarge, rc.max)
+			break
+		}
 		if err == io.EOF {
 			err = nil
 			break
@@ -533,6 +544,7 @@ func (rc *recorder) Put(_ string, r io.Reader) (n int64, crc []byte, err error) 
 		crc = h.Sum(nil)
 	}
 	rc.lastPut, rc.lastRaw = n, rc.stream.n-before
+	rc.holes += rc.lastPut - rc.lastRaw
 	return n, crc, err
 }
 

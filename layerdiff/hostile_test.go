@@ -295,6 +295,14 @@ func TestApplyHostileLayers(t *testing.T) {
 			want: refused(nil, "invalid tar header"), timeout: 10 * time.Second},
 		{name: "old GNU sparse file of 1 TiB, no limit", build: func(t *testing.T, _ hostileEnv) []byte { return oldGNUSparse(t, 1<<40) },
 			want: refused(nil, "old GNU sparse files are not supported", `"hole"`), timeout: 10 * time.Second},
+		{name: "sparse file of 1 TiB typed as contiguous", max: 64 << 20, build: func(t *testing.T, _ hostileEnv) []byte {
+			// Type '7' is not a regular file to the extractor, but both
+			// parsers expand its holes all the same.
+			return setTypeflag(sparseTar(t, "1.0", "hole", 1<<40), 1024, tar.TypeCont)
+		}, want: refused(nil, "hole"), timeout: 10 * time.Second},
+		{name: "sparse file of 1 TiB typed as contiguous, no limit", build: func(t *testing.T, _ hostileEnv) []byte {
+			return setTypeflag(sparseTar(t, "1.0", "hole", 1<<40), 1024, tar.TypeCont)
+		}, want: refused(nil, "hole", "unhandled tar header type 55"), timeout: 10 * time.Second},
 		{name: "sparse file within the limit", max: 64 << 20, build: func(t *testing.T, _ hostileEnv) []byte { return sparseTar(t, "1.0", "hole", 8<<20) },
 			want: ok(func(t *testing.T, e hostileEnv, res ApplyResult) {
 				st := wantFileType(t, e.dir, "hole", unix.S_IFREG, 0o644)
