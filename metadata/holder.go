@@ -38,6 +38,11 @@ func IndexedFilter(filters []string) (kind cslabels.Kind, name string, ok bool) 
 		return "", "", false
 	}
 	key, rest := rest[:end], rest[end+1:]
+	if strings.ContainsRune(key, '\\') {
+		// An escape: the key is not what it reads as (and the quote found
+		// may be an escaped one). The full walk parses it properly.
+		return "", "", false
+	}
 	if rest == "" {
 		if k, n, ok := cslabels.ParseName(key); ok {
 			return k, n, true
@@ -52,7 +57,7 @@ func IndexedFilter(filters []string) (kind cslabels.Kind, name string, ok bool) 
 		return "", "", false
 	}
 	id, err := strconv.Unquote(value)
-	if err != nil || id == "" {
+	if err != nil || id == "" || strings.ContainsRune(value, '\\') {
 		return "", "", false
 	}
 	return cslabels.ImageIDKind, id, true
