@@ -81,6 +81,9 @@ func New(ctx context.Context, root string, db *metadata.DB, opts Options) (*Snap
 
 // Stat returns the info of the snapshot key.
 func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
+	if err := validateKey("key", key); err != nil {
+		return snapshots.Info{}, fmt.Errorf("stat snapshot: %w", err)
+	}
 	err = s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
 		_, info, _, err = storage.GetInfo(ctx, key)
 		return err
@@ -93,6 +96,9 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 
 // Update changes the labels of a snapshot.
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (updated snapshots.Info, err error) {
+	if err := validateKey("name", info.Name); err != nil {
+		return snapshots.Info{}, fmt.Errorf("update snapshot: %w", err)
+	}
 	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot %q: %w", info.Name, err)
 	}
@@ -118,6 +124,9 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 // Usage returns the disk usage of a snapshot: recorded at commit for a
 // committed one, measured now for an active one.
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	if err := validateKey("key", key); err != nil {
+		return snapshots.Usage{}, fmt.Errorf("usage of snapshot: %w", err)
+	}
 	var (
 		id    string
 		info  snapshots.Info
@@ -151,6 +160,9 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 
 // Mounts returns the mounts of an active or view snapshot.
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	if err := validateKey("key", key); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot: %w", err)
+	}
 	var snap storage.Snapshot
 	if err := s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
 		snap, err = storage.GetSnapshot(ctx, key)
@@ -163,6 +175,12 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 
 // Commit turns the active snapshot key into the committed snapshot name.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	if err := validateKey("key", key); err != nil {
+		return fmt.Errorf("commit snapshot: %w", err)
+	}
+	if err := validateNewKey("name", name); err != nil {
+		return fmt.Errorf("commit snapshot %q: %w", shorten(key), err)
+	}
 	base, err := applyOpts(opts)
 	if err != nil {
 		return fmt.Errorf("commit %q as %q: %w", key, name, err)
@@ -200,6 +218,9 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 
 // Remove deletes the snapshot key, which must have no children.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	if err := validateKey("key", key); err != nil {
+		return fmt.Errorf("remove snapshot: %w", err)
+	}
 	var (
 		id     string
 		labels map[string]string
@@ -295,6 +316,11 @@ func (s *Snapshotter) SnapshotID(dir string) (string, bool) {
 
 // Walk calls fn for every snapshot matching the filters.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
+	// Parsed first, so a malformed filter is refused (InvalidArgument) even
+	// when the name index below would answer it.
+	if _, err := metadata.ParseFilters(filters...); err != nil {
+		return fmt.Errorf("walk snapshots: %w", err)
+	}
 	return s.db.View(ctx, func(ctx context.Context, tx *bolt.Tx) error {
 		// One name: the index knows its holder; the rest need not be read.
 		if kind, name, ok := metadata.IndexedFilter(filters); ok && kind != cslabels.Image && kind != cslabels.ImageIDKind {
@@ -361,6 +387,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 func (s *Snapshotter) Close() error { return nil }
 
 func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (mounts []mount.Mount, err error) {
+	if err := validateNewKey("key", key); err != nil {
+		return nil, fmt.Errorf("create snapshot: %w", err)
+	}
 	base, err := applyOpts(opts)
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot %q: %w", key, err)

@@ -45,7 +45,7 @@ func TestSnapshotterSuite(t *testing.T) {
 
 // requireRoot fails rather than skips: overlay mounts need root, and a
 // skipped suite must not pass as a green one.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("this test mounts overlayfs and must run as root")
