@@ -15,12 +15,13 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	contentproxy "github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/containerd/containerd/v2/defaults"
-	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 )
 
 // The content benchmarks measure the store in-process ("inproc") and behind
@@ -51,31 +52,39 @@ func benchSubjects(b *testing.B) []benchSubject {
 	}
 	b.Cleanup(func() { closeFn() })
 
+	conn := serveContent(b, cs, dir)
+	return []benchSubject{
+		{"inproc", cs},
+		{"socket", contentproxy.NewContentStore(contentapi.NewContentClient(conn))},
+	}
+}
+
+// serveContent serves cs with the content gRPC service on a unix socket in
+// dir, with the daemon's message limits, and returns a connection to it.
+func serveContent(tb testing.TB, cs content.Store, dir string) *grpc.ClientConn {
+	tb.Helper()
 	sock := filepath.Join(dir, "s.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
 	)
-	contentapi.RegisterContentServer(srv, contentserver.New(cs))
+	contentapi.RegisterContentServer(srv, contentstore.NewService(cs))
 	go srv.Serve(l)
-	b.Cleanup(srv.Stop)
+	tb.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 			grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize),
 		))
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() { conn.Close() })
-	return []benchSubject{
-		{"inproc", cs},
-		{"socket", contentproxy.NewContentStore(contentapi.NewContentClient(conn))},
-	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func randomBytes(b *testing.B, n int) []byte {

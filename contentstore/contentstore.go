@@ -58,9 +58,20 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// Info returns the size, times and labels of a blob.
+func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, error) {
+	if _, err := s.blobPath(dgst); err != nil {
+		return content.Info{}, fmt.Errorf("info of content: %w", err)
+	}
+	return s.Store.Info(ctx, dgst)
+}
+
 // Update changes the labels of a blob, rejecting labels over containerd's
 // size limit.
 func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	if _, err := s.blobPath(info.Digest); err != nil {
+		return content.Info{}, fmt.Errorf("update content: %w", err)
+	}
 	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return content.Info{}, fmt.Errorf("update content %s: %w", info.Digest, err)
 	}
@@ -104,9 +115,9 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 // it skips blobs that go meanwhile: containerd's garbage collector and the
 // store list and delete blobs at the same time.
 func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) error {
-	filter, err := filters.ParseAll(fs...)
+	filter, err := metadata.ParseFilters(fs...)
 	if err != nil {
-		return err
+		return fmt.Errorf("walk content: %w", err)
 	}
 	blobs := filepath.Join(s.root, "blobs")
 	algs, err := os.ReadDir(blobs)
@@ -173,9 +184,9 @@ func (s *Store) ListStatuses(ctx context.Context, filters ...string) ([]content.
 // ingests (tar-splits committed during an unpack) finish often enough for
 // containerd's garbage collector, which lists at any moment, to trip on it.
 func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Status, error) {
-	filter, err := filters.ParseAll(fs...)
+	filter, err := metadata.ParseFilters(fs...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list ingests: %w", err)
 	}
 	walker, ok := s.Store.(interface {
 		WalkStatusRefs(context.Context, func(string) error) error
@@ -198,7 +209,8 @@ func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Statu
 			return nil
 		}
 		if filter.Match(filters.AdapterFunc(func(fieldpath []string) (string, bool) {
-			if len(fieldpath) == 1 && fieldpath[0] == "ref" {
+			// containerd's local store's adaptor: any path under "ref".
+			if len(fieldpath) > 0 && fieldpath[0] == "ref" {
 				return st.Ref, true
 			}
 			return "", false

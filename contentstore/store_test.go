@@ -25,7 +25,7 @@ func newTestStore(t *testing.T) content.Store {
 	return cs
 }
 
-func write(t *testing.T, cs content.Store, data string, labels map[string]string) digest.Digest {
+func write(t testing.TB, cs content.Store, data string, labels map[string]string) digest.Digest {
 	t.Helper()
 	d := digest.FromString(data)
 	err := content.WriteBlob(context.Background(), cs, "ref-"+data, strings.NewReader(data),
