@@ -119,6 +119,22 @@ func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) err
 	if err != nil {
 		return fmt.Errorf("walk content: %w", err)
 	}
+	// One image name or ID: the index knows its blob; the rest need not
+	// be read.
+	if kind, name, ok := metadata.IndexedFilter(fs); ok && (kind == cslabels.Image || kind == cslabels.ImageIDKind) {
+		dgst, err := s.labels.Holder(ctx, kind, name)
+		if err != nil || dgst == "" {
+			return err
+		}
+		info, err := s.Store.Info(ctx, dgst)
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		if err != nil || !filter.Match(content.AdaptInfo(info)) {
+			return err
+		}
+		return fn(info)
+	}
 	blobs := filepath.Join(s.root, "blobs")
 	algs, err := os.ReadDir(blobs)
 	if err != nil {

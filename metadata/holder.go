@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
@@ -61,4 +62,11 @@ func IndexedFilter(filters []string) (kind cslabels.Kind, name string, ok bool) 
 		return "", "", false
 	}
 	return cslabels.ImageIDKind, id, true
+}
+
+// Holder returns the blob holding image name or ID name of kind, "" if
+// none.
+func (l *ContentLabels) Holder(ctx context.Context, kind cslabels.Kind, name string) (digest.Digest, error) {
+	h, err := l.db.NameHolder(ctx, kind, name)
+	return digest.Digest(h), err
 }
