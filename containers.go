@@ -80,14 +80,14 @@ type containerRecord struct {
 // containerFromLayer reads the container record on layer r, if it carries
 // one: a store-made container (its ID claimed in the labels) or an active
 // snapshot containerd made for one of its containers.
-func containerFromLayer(r *layerRecord, kind snapshots.Kind) *containerRecord {
+func containerFromLayer(r *layerRecord) *containerRecord {
 	l := r.labels
 	id := cslabels.ContainerID(l)
 	ctrd := false
 	if id == "" {
 		// containerd's own unpacking makes short-lived active snapshots
 		// ("extract-<time>-<rand> <chain ID>"); those are no containers.
-		if r.owned || kind != snapshots.KindActive || strings.HasPrefix(r.key[strings.LastIndexByte(r.key, '/')+1:], "extract-") {
+		if r.owned || r.kind != snapshots.KindActive || strings.HasPrefix(r.key[strings.LastIndexByte(r.key, '/')+1:], "extract-") {
 			return nil
 		}
 		id, ctrd = r.ID, true
@@ -335,7 +335,7 @@ func (s *store) CreateContainer(id string, names []string, image, layer, metadat
 	if err != nil || r == nil {
 		return nil, fmt.Errorf("container %s after creating it: %w", id, errors.Join(err, ErrContainerUnknown))
 	}
-	return copyContainer(containerFromLayer(r, snapshots.KindActive)), nil
+	return copyContainer(containerFromLayer(r)), nil
 }
 
 // Container returns the container id names (ID, name or unique ID prefix).

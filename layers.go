@@ -75,6 +75,7 @@ type LayerBigDataOption struct {
 type layerRecord struct {
 	Layer
 	key       string
+	kind      snapshots.Kind
 	writeable bool
 	owned     bool
 	labels    map[string]string
@@ -111,7 +112,6 @@ func (s *store) load() (*layerIndex, error) {
 		ctrByID: map[string]*containerRecord{}, ctrByName: map[string]*containerRecord{},
 	}
 	parents := map[*layerRecord]string{}
-	kinds := map[*layerRecord]snapshots.Kind{}
 	err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
 		if strings.HasPrefix(info.Name, internalPrefix) && !strings.HasPrefix(info.Name, rwPrefix) {
 			return nil
@@ -121,7 +121,6 @@ func (s *store) load() (*layerIndex, error) {
 		idx.byKey[r.key] = r
 		idx.byID[r.ID] = r
 		parents[r] = info.Parent
-		kinds[r] = info.Kind
 		return nil
 	})
 	if err != nil {
@@ -142,7 +141,7 @@ func (s *store) load() (*layerIndex, error) {
 		return idx.list[i].ID < idx.list[j].ID
 	})
 	for _, r := range idx.list {
-		if c := containerFromLayer(r, kinds[r]); c != nil {
+		if c := containerFromLayer(r); c != nil {
 			idx.containers = append(idx.containers, c)
 			idx.ctrByID[c.ID] = c
 			for _, n := range c.Names {
@@ -205,7 +204,7 @@ func (idx *layerIndex) get(id string) (*layerRecord, error) {
 
 func recordFromInfo(info snapshots.Info) *layerRecord {
 	l := info.Labels
-	r := &layerRecord{key: info.Name, labels: l, writeable: info.Kind != snapshots.KindCommitted}
+	r := &layerRecord{key: info.Name, labels: l, kind: info.Kind, writeable: info.Kind != snapshots.KindCommitted}
 	r.owned = l[cslabels.Owned] != ""
 	if r.owned {
 		r.ID = strings.TrimPrefix(info.Name, rwPrefix)
@@ -427,13 +426,13 @@ func (f found) none() bool { return f.layer == nil && f.image == nil && f.contai
 
 // Exists reports whether id names a layer, an image or a container.
 func (s *store) Exists(id string) bool {
-	f, err := s.find(id)
+	f, err := s.findQuick(id)
 	return err == nil && !f.none()
 }
 
 // Lookup returns the ID of the layer, image or container name names.
 func (s *store) Lookup(name string) (string, error) {
-	f, err := s.find(name)
+	f, err := s.findQuick(name)
 	switch {
 	case err != nil:
 		return "", err
@@ -703,7 +702,7 @@ func (s *store) RemoveNames(id string, names []string) error {
 
 // Names returns the names of the layer, image or container id.
 func (s *store) Names(id string) ([]string, error) {
-	f, err := s.find(id)
+	f, err := s.findQuick(id)
 	switch {
 	case err != nil:
 		return nil, err
@@ -752,7 +751,7 @@ func (s *store) updateNames(id string, change func(old []string) []string) error
 
 // Metadata returns the metadata of the layer, image or container id.
 func (s *store) Metadata(id string) (string, error) {
-	f, err := s.find(id)
+	f, err := s.findQuick(id)
 	switch {
 	case err != nil:
 		return "", err

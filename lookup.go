@@ -63,49 +63,19 @@ func (s *store) findLayer(ref string) (*layerRecord, error) {
 		}
 	}
 	if quotable(ref) {
-		var key string
-		err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
-			key = info.Name
-			return nil
-		}, `labels."`+cslabels.NameKey(cslabels.Layer, ref)+`"`)
-		if err != nil {
-			return nil, err
-		}
-		if key != "" {
-			if r, err := s.statLayer(key); err != nil || r != nil {
-				return r, err
-			}
+		if r, err := s.indexedLayer(cslabels.Layer, ref); err != nil || r != nil {
+			return r, err
 		}
 	}
 	return s.layer(ref)
 }
 
-// findImage finds a store image by its exact ID or name with a label filter
-// (the daemon answers those from its index), else through the listing.
+// findImage finds image ref (ID, name or ID prefix), through the daemon's
+// name index when it can, else through the listing.
 func (s *store) findImage(ref string) (*imageRecord, error) {
 	if quotable(ref) {
-		for _, filter := range []string{
-			`labels."` + cslabels.ImageID + `"==` + strconv.Quote(ref),
-			`labels."` + cslabels.ImageNamePrefix + ref + `"`,
-		} {
-			var found *imageRecord
-			err := s.cs.Walk(s.ctx, func(info content.Info) error {
-				if info.Labels[cslabels.ImageMarker] == "" {
-					return nil
-				}
-				doc, err := s.readImageDoc(info)
-				if err != nil {
-					return err
-				}
-				found = imageFromLabels(doc, info.Digest, info.Labels)
-				return nil
-			}, filter)
-			if err != nil && !errdefs.IsNotFound(err) {
-				return nil, err
-			}
-			if found != nil {
-				return found, nil
-			}
+		if img, err := s.indexedImage(ref); err != nil || img != nil {
+			return img, err
 		}
 	}
 	r, _, err := s.image(ref)
@@ -125,4 +95,91 @@ func (s *store) layerKeyTaken(id string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// findQuick is find for the calls that only read what they find: an exact
+// ID or name of a layer, image or container (in that order) is looked up
+// by key or through the name index; anything else (an ID prefix,
+// containerd's images, a name only a listing knows) through find. The
+// result carries no listing (idx is nil when the quick way found it).
+func (s *store) findQuick(ref string) (found, error) {
+	if validID(ref) == nil {
+		for _, key := range []string{ref, rwPrefix + ref} {
+			r, err := s.statLayer(key)
+			if err != nil {
+				return found{}, err
+			}
+			if r != nil {
+				return found{layer: r}, nil
+			}
+		}
+	}
+	if !quotable(ref) {
+		return s.find(ref)
+	}
+	if r, err := s.indexedLayer(cslabels.Layer, ref); err != nil || r != nil {
+		return found{layer: r}, err
+	}
+	img, err := s.indexedImage(ref)
+	if err != nil || img != nil {
+		return found{image: img}, err
+	}
+	for _, kind := range []cslabels.Kind{cslabels.ContainerIDKind, cslabels.Container} {
+		r, err := s.indexedLayer(kind, ref)
+		if err != nil {
+			return found{}, err
+		}
+		if r != nil {
+			if c := containerFromLayer(r); c != nil {
+				if err := s.withImageIDs([]*containerRecord{c}); err != nil {
+					return found{}, err
+				}
+				return found{container: c}, nil
+			}
+		}
+	}
+	return s.find(ref)
+}
+
+// indexedLayer returns the snapshot holding name of kind, found through
+// the daemon's name index; nil if none.
+func (s *store) indexedLayer(kind cslabels.Kind, name string) (*layerRecord, error) {
+	var key string
+	err := s.sn.Walk(s.ctx, func(_ context.Context, info snapshots.Info) error {
+		key = info.Name
+		return nil
+	}, `labels."`+cslabels.NameKey(kind, name)+`"`)
+	if err != nil || key == "" {
+		return nil, err
+	}
+	return s.statLayer(key)
+}
+
+// indexedImage returns the store image with ID or name ref, found through
+// the daemon's name index; nil if none.
+func (s *store) indexedImage(ref string) (*imageRecord, error) {
+	for _, filter := range []string{
+		`labels."` + cslabels.ImageID + `"==` + strconv.Quote(ref),
+		`labels."` + cslabels.ImageNamePrefix + ref + `"`,
+	} {
+		var found *imageRecord
+		err := s.cs.Walk(s.ctx, func(info content.Info) error {
+			if info.Labels[cslabels.ImageMarker] == "" {
+				return nil
+			}
+			doc, err := s.readImageDoc(info)
+			if err != nil {
+				return err
+			}
+			found = imageFromLabels(doc, info.Digest, info.Labels)
+			return nil
+		}, filter)
+		if err != nil && !errdefs.IsNotFound(err) {
+			return nil, err
+		}
+		if found != nil {
+			return found, nil
+		}
+	}
+	return nil, nil
 }
