@@ -156,7 +156,7 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)
 	}
 	defer cleanup()
-	res, err := layerdiff.Apply(s.ctx, upper, input, layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
+	res, err := layerdiff.Apply(s.ctx, upper, input, layerdiff.ApplyOptions{TarSplit: w, Parents: lowers, MaxUncompressed: s.opts.MaxLayerSize})
 	if err != nil {
 		s.cs.Abort(s.ctx, ref)
 		return nil, fmt.Errorf("apply diff to layer %s: %w", id, err)

@@ -58,6 +58,10 @@ type StoreOptions struct {
 	ContainerdNamespace string `json:"containerd_namespace,omitempty"`
 	// ContainerdSnapshotter defaults to "cs".
 	ContainerdSnapshotter string `json:"containerd_snapshotter,omitempty"`
+	// MaxLayerSize bounds, in bytes, what one layer applied by this store
+	// may expand to (the daemon's [snapshotter] max_layer_size); 0: no
+	// bound.
+	MaxLayerSize int64 `json:"max_layer_size,omitempty"`
 }
 
 // store implements Store on a snapshotter and a content store.
@@ -107,6 +111,7 @@ func GetStore(options StoreOptions) (Store, error) {
 	cfg := config.Default()
 	cfg.Root = options.GraphRoot
 	cfg.RunRoot = options.RunRoot
+	cfg.Snapshotter.MaxLayerSize = options.MaxLayerSize
 	d, err := openOrWait(s.ctx, cfg)
 	var inUse *daemon.InUseError
 	switch {

@@ -782,3 +782,23 @@ func TestFailedApplyKeepsLayer(t *testing.T) {
 		t.Error("layer gone after a failed apply and a reopen")
 	}
 }
+
+// TestMaxLayerSize: a layer expanding past StoreOptions.MaxLayerSize is
+// refused naming the limit, and nothing of it remains.
+func TestMaxLayerSize(t *testing.T) {
+	requireRoot(t)
+	s, err := GetStore(StoreOptions{GraphRoot: filepath.Join(t.TempDir(), "root"), RunRoot: filepath.Join(t.TempDir(), "run"), MaxLayerSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(true)
+	big := layerTar(t, []entry{{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644}, body: strings.Repeat("0", 1<<20)}})
+	unchanged(t, s, s.(*store).cs, "layer over the limit", layerdiff.ErrTooLarge, func() error {
+		_, _, err := s.PutLayer("", "", []string{"big"}, "", false, nil, bytes.NewReader(gz(big)))
+		return err
+	})
+	small := layerTar(t, []entry{{hdr: tar.Header{Name: "small", Typeflag: tar.TypeReg, Mode: 0o644}, body: "x"}})
+	if _, _, err := s.PutLayer("", "", nil, "", false, nil, bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -77,7 +77,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	}); err != nil {
 		return nil, err
 	}
-	d.diff = differ.New(d.sn, d.cs, d.db)
+	d.diff = differ.New(d.sn, d.cs, d.db, cfg.Snapshotter.MaxLayerSize)
 	// Nobody else has the root, so a layer still marked incomplete is the
 	// remains of a crash.
 	if err := removeIncomplete(ctx, d.sn); err != nil {

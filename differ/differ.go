@@ -7,6 +7,7 @@ package differ
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,12 +39,15 @@ type Service struct {
 	sn *snapshotter.Snapshotter
 	cs content.Store
 	db *metadata.DB
+	// maxLayerSize bounds what one layer may expand to; 0: no bound.
+	maxLayerSize int64
 }
 
 // New returns the diff service over the daemon's snapshotter, content store
-// and database.
-func New(sn *snapshotter.Snapshotter, cs content.Store, db *metadata.DB) *Service {
-	return &Service{sn: sn, cs: cs, db: db}
+// and database; a layer expanding to more than maxLayerSize bytes (0: no
+// bound) is refused.
+func New(sn *snapshotter.Snapshotter, cs content.Store, db *metadata.DB, maxLayerSize int64) *Service {
+	return &Service{sn: sn, cs: cs, db: db, maxLayerSize: maxLayerSize}
 }
 
 // BlobRef is the label by which snapshot id keeps its tar-split blob.
@@ -101,9 +105,12 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 	if err := w.Truncate(0); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	res, err := layerdiff.Apply(ctx, upper, io.NewSectionReader(ra, 0, ra.Size()), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers})
+	res, err := layerdiff.Apply(ctx, upper, io.NewSectionReader(ra, 0, ra.Size()), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers, MaxUncompressed: s.maxLayerSize})
 	if err != nil {
 		s.cs.Abort(ctx, ref)
+		if errors.Is(err, layerdiff.ErrTooLarge) || errors.Is(err, layerdiff.ErrEscape) || errors.Is(err, layerdiff.ErrTruncated) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		}
 		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", dgst, err)
 	}
 	if res.CompressedDigest != dgst {

@@ -37,6 +37,11 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvLimited(t, 0)
+}
+
+func newEnvLimited(t *testing.T, maxLayerSize int64) *env {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the differ writes overlay whiteouts and must run as root")
 	}
@@ -58,7 +63,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.diff = differ.New(e.sn, cs, db)
+	e.diff = differ.New(e.sn, cs, db, maxLayerSize)
 	return e
 }
 
@@ -202,5 +207,32 @@ func TestApplyRefusals(t *testing.T) {
 		if strings.HasPrefix(k, cslabels.Prefix) {
 			t.Errorf("refused applies left label %s", k)
 		}
+	}
+}
+
+// TestApplyOverLimit: a layer expanding past max_layer_size is refused with
+// InvalidArgument naming the limit; the blob stays, the daemon keeps no
+// tar-split of it.
+func TestApplyOverLimit(t *testing.T) {
+	e := newEnvLimited(t, 64<<10)
+	blob, _ := layerBlob(t, map[string]string{"big": strings.Repeat("0", 1<<20)})
+	desc := e.store(t, blob)
+	mounts, err := e.sn.Prepare(e.ctx, "extract", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.diff.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: apiMounts(mounts)})
+	if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("apply over the limit: %v, want InvalidArgument saying too large", err)
+	}
+	n := 0
+	e.cs.Walk(e.ctx, func(content.Info) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("%d blobs after the refusal, want the layer's only", n)
+	}
+	// Within the limit, the same layer applies.
+	small, _ := layerBlob(t, map[string]string{"small": "x"})
+	if _, err := e.diff.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(e.store(t, small)), Mounts: apiMounts(mounts)}); err != nil {
+		t.Fatal(err)
 	}
 }

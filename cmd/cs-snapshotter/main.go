@@ -320,17 +320,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // from the daemon's configuration file when it exists, else the defaults.
 func (g *globalOptions) storeOptions(graphSet, runSet bool) (storage.StoreOptions, error) {
 	graph, run := g.graph, g.run
-	if !graphSet || !runSet {
-		cfg, err := config.Load(config.DefaultPath, false)
-		if err != nil {
-			return storage.StoreOptions{}, err
-		}
-		if !graphSet {
-			graph = cfg.Root
-		}
-		if !runSet {
-			run = cfg.RunRoot
-		}
+	cfg, err := config.Load(config.DefaultPath, false)
+	if err != nil {
+		return storage.StoreOptions{}, err
+	}
+	if !graphSet {
+		graph = cfg.Root
+	}
+	if !runSet {
+		run = cfg.RunRoot
 	}
 	return storage.StoreOptions{
 		RunRoot:            run,
@@ -342,6 +340,7 @@ func (g *globalOptions) storeOptions(graphSet, runSet bool) (storage.StoreOption
 		ContainerdAddress:     g.containerd,
 		ContainerdNamespace:   g.containerdNamespace,
 		ContainerdSnapshotter: g.containerdSnapshot,
+		MaxLayerSize:          cfg.Snapshotter.MaxLayerSize,
 	}, nil
 }
 
