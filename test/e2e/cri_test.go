@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -692,6 +693,27 @@ func TestCRISnapshotAnnotations(t *testing.T) {
 	c = restart(strings.Replace(noExport, images, annotated, 1))
 	img, _ = c.pullFromTestRegistry(t, "local pull\n")
 	checkCRILabels(t, dc, img, true)
+	// The store lists the pulled image under its reference.
+	out, err := exec.Command(csBin, "--graph", e.CSRoot, "--run", filepath.Join(e.Dir, "cli-run"), "images", "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("cs-snapshotter images: %v\n%s", err, out)
+	}
+	var listed []struct {
+		ID    string   `json:"id"`
+		Names []string `json:"names"`
+	}
+	if err := json.Unmarshal(out, &listed); err != nil {
+		t.Fatalf("cs-snapshotter images --json: %v\n%s", err, out)
+	}
+	named := false
+	for _, i := range listed {
+		if i.ID == img.config.Digest.Encoded() {
+			named = slices.Contains(i.Names, img.name)
+		}
+	}
+	if !named {
+		t.Errorf("cs-snapshotter images does not list the CRI-pulled image %s as %q: %s", img.config.Digest.Encoded(), img.name, out)
+	}
 	if log, _ := os.ReadFile(e.CtrdLog); !bytes.Contains(log, []byte(fallback)) {
 		t.Errorf("containerd did not log %q with disable_snapshot_annotations = false", fallback)
 	}
