@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"os"
 
 	storage "github.com/cs-snapshotter/cs-snapshotter"
@@ -73,7 +72,7 @@ func init() {
 			minArgs:     1,
 			maxArgs:     1,
 			flags:       jsonFlag,
-			action:      cmdListContainerData,
+			action:      containerData.listCmd,
 		},
 		&command{
 			names:       []string{"get-container-data", "getcontainerdata"},
@@ -84,7 +83,7 @@ func init() {
 			flags: func(fs *flagSet, o *options) {
 				fs.stringVar(&o.file, []string{"--file", "-f"}, "Write data to file")
 			},
-			action: cmdGetContainerData,
+			action: containerData.getCmd,
 		},
 		&command{
 			names:       []string{"get-container-data-size", "getcontainerdatasize"},
@@ -92,7 +91,7 @@ func init() {
 			usage:       "Get size of data that is attached to an container",
 			minArgs:     2,
 			maxArgs:     2,
-			action:      cmdGetContainerDataSize,
+			action:      containerData.sizeCmd,
 		},
 		&command{
 			names:       []string{"get-container-data-digest", "getcontainerdatadigest"},
@@ -100,7 +99,7 @@ func init() {
 			usage:       "Get digest of data that is attached to an container",
 			minArgs:     2,
 			maxArgs:     2,
-			action:      cmdGetContainerDataDigest,
+			action:      containerData.digestCmd,
 		},
 		&command{
 			names:       []string{"set-container-data", "setcontainerdata"},
@@ -111,7 +110,7 @@ func init() {
 			flags: func(fs *flagSet, o *options) {
 				fs.stringVar(&o.file, []string{"--file", "-f"}, "Read data from file")
 			},
-			action: cmdSetContainerData,
+			action: containerData.setCmd,
 		},
 		&command{
 			names:       []string{"get-container-dir", "getcontainerdir"},
@@ -263,105 +262,6 @@ func cmdCreateContainer(c *cli, args []string) (int, error) {
 	fmt.Fprintf(c.stdout, "%s\n", ctr.ID)
 	for _, name := range ctr.Names {
 		fmt.Fprintf(c.stdout, "\t%s", name)
-	}
-	return 0, nil
-}
-
-func cmdListContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.container(args[0])
-	if err != nil {
-		return 1, err
-	}
-	keys, err := c.store.ListContainerBigData(ctr.ID)
-	if err != nil {
-		return 1, err
-	}
-	if c.opts.json {
-		return c.outputJSON(keys)
-	}
-	for _, k := range keys {
-		fmt.Fprintf(c.stdout, "%s\n", k)
-	}
-	return 0, nil
-}
-
-// cmdGetContainerData writes a data item to stdout or to --file, which,
-// as containers-storage does, is created before the item is looked up.
-func cmdGetContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.container(args[0])
-	if err != nil {
-		return 1, err
-	}
-	out := c.stdout
-	var f *os.File
-	if c.opts.file != "" {
-		if f, err = os.Create(c.opts.file); err != nil {
-			return 1, err
-		}
-		defer f.Close()
-		out = f
-	}
-	b, err := c.store.ContainerBigData(ctr.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	if _, err := out.Write(b); err != nil {
-		return 1, err
-	}
-	if f != nil {
-		if err := f.Close(); err != nil {
-			return 1, err
-		}
-	}
-	return 0, nil
-}
-
-func cmdGetContainerDataSize(c *cli, args []string) (int, error) {
-	ctr, err := c.container(args[0])
-	if err != nil {
-		return 1, err
-	}
-	size, err := c.store.ContainerBigDataSize(ctr.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(c.stdout, "%d\n", size)
-	return 0, nil
-}
-
-func cmdGetContainerDataDigest(c *cli, args []string) (int, error) {
-	ctr, err := c.container(args[0])
-	if err != nil {
-		return 1, err
-	}
-	d, err := c.store.ContainerBigDataDigest(ctr.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	if err := d.Validate(); err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(c.stdout, "%s\n", d.String())
-	return 0, nil
-}
-
-// cmdSetContainerData stores stdin (or --file) as a data item.
-func cmdSetContainerData(c *cli, args []string) (int, error) {
-	ctr, err := c.container(args[0])
-	if err != nil {
-		return 1, err
-	}
-	in, _, closeIn, err := c.input()
-	if err != nil {
-		return 1, err
-	}
-	defer closeIn()
-	b, err := io.ReadAll(in)
-	if err != nil {
-		return 1, err
-	}
-	if err := c.store.SetContainerBigData(ctr.ID, args[1], b); err != nil {
-		return 1, err
 	}
 	return 0, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"os"
 
 	digest "github.com/opencontainers/go-digest"
@@ -77,7 +76,7 @@ func init() {
 			minArgs:     1,
 			maxArgs:     1,
 			flags:       jsonFlag,
-			action:      cmdListImageData,
+			action:      imageData.listCmd,
 		},
 		&command{
 			names:       []string{"get-image-data", "getimagedata"},
@@ -88,7 +87,7 @@ func init() {
 			flags: func(fs *flagSet, o *options) {
 				fs.stringVar(&o.file, []string{"--file", "-f"}, "Write data to file")
 			},
-			action: cmdGetImageData,
+			action: imageData.getCmd,
 		},
 		&command{
 			names:       []string{"get-image-data-size", "getimagedatasize"},
@@ -96,7 +95,7 @@ func init() {
 			usage:       "Get size of data that is attached to an image",
 			minArgs:     2,
 			maxArgs:     2,
-			action:      cmdGetImageDataSize,
+			action:      imageData.sizeCmd,
 		},
 		&command{
 			names:       []string{"get-image-data-digest", "getimagedatadigest"},
@@ -104,7 +103,7 @@ func init() {
 			usage:       "Get digest of data that is attached to an image",
 			minArgs:     2,
 			maxArgs:     2,
-			action:      cmdGetImageDataDigest,
+			action:      imageData.digestCmd,
 		},
 		&command{
 			names:       []string{"set-image-data", "setimagedata"},
@@ -115,7 +114,7 @@ func init() {
 			flags: func(fs *flagSet, o *options) {
 				fs.stringVar(&o.file, []string{"--file", "-f"}, "Read data from file")
 			},
-			action: cmdSetImageData,
+			action: imageData.setCmd,
 		},
 	)
 }
@@ -285,108 +284,6 @@ func cmdDeleteImage(c *cli, args []string) (int, error) {
 		if rec.Error != "" {
 			return 1, nil
 		}
-	}
-	return 0, nil
-}
-
-func cmdListImageData(c *cli, args []string) (int, error) {
-	img, err := c.store.Image(args[0])
-	if err != nil {
-		return 1, err
-	}
-	keys, err := c.store.ListImageBigData(img.ID)
-	if err != nil {
-		return 1, err
-	}
-	if c.opts.json {
-		return c.outputJSON(keys)
-	}
-	for _, k := range keys {
-		fmt.Fprintf(c.stdout, "%s\n", k)
-	}
-	return 0, nil
-}
-
-func cmdGetImageData(c *cli, args []string) (int, error) {
-	img, err := c.store.Image(args[0])
-	if err != nil {
-		return 1, err
-	}
-	out := c.stdout
-	var f *os.File
-	if c.opts.file != "" {
-		if f, err = os.Create(c.opts.file); err != nil {
-			return 1, err
-		}
-		defer f.Close()
-		out = f
-	}
-	b, err := c.store.ImageBigData(img.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	if _, err := out.Write(b); err != nil {
-		return 1, err
-	}
-	if f != nil {
-		if err := f.Close(); err != nil {
-			return 1, err
-		}
-	}
-	return 0, nil
-}
-
-func cmdGetImageDataSize(c *cli, args []string) (int, error) {
-	img, err := c.store.Image(args[0])
-	if err != nil {
-		return 1, err
-	}
-	size, err := c.store.ImageBigDataSize(img.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(c.stdout, "%d\n", size)
-	return 0, nil
-}
-
-func cmdGetImageDataDigest(c *cli, args []string) (int, error) {
-	img, err := c.store.Image(args[0])
-	if err != nil {
-		return 1, err
-	}
-	d, err := c.store.ImageBigDataDigest(img.ID, args[1])
-	if err != nil {
-		return 1, err
-	}
-	if err := d.Validate(); err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(c.stdout, "%s\n", d.String())
-	return 0, nil
-}
-
-// wrongManifestDigest is containers-storage's digester for set-image-data:
-// the sha256 of the bytes as they are, whatever the manifest's format.
-func wrongManifestDigest(b []byte) (digest.Digest, error) {
-	return digest.Canonical.FromBytes(b), nil
-}
-
-func cmdSetImageData(c *cli, args []string) (int, error) {
-	img, err := c.store.Image(args[0])
-	if err != nil {
-		return 1, err
-	}
-	in, _, closeIn, err := c.input()
-	if err != nil {
-		return 1, err
-	}
-	defer closeIn()
-	b, err := io.ReadAll(in)
-	if err != nil {
-		return 1, err
-	}
-	if err := c.store.SetImageBigData(img.ID, args[1], b, wrongManifestDigest); err != nil {
-		return 1, err
 	}
 	return 0, nil
 }
