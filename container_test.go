@@ -306,23 +306,10 @@ func TestContainerBadInput(t *testing.T) {
 func TestContainerNameRace(t *testing.T) {
 	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
 		img := imageWithFile(t, s)
-		const clients = 16
-		errs := make(chan error, clients)
-		for i := 0; i < clients; i++ {
-			go func() {
-				_, err := s.CreateContainer("", []string{"contested", fmt.Sprint("own-", i)}, img.ID, "", "", nil)
-				errs <- err
-			}()
-		}
-		wins := 0
-		for i := 0; i < clients; i++ {
-			switch err := <-errs; {
-			case err == nil:
-				wins++
-			case !errors.Is(err, ErrDuplicateName):
-				t.Errorf("unexpected error: %v", err)
-			}
-		}
+		wins := race(t, 16, ErrDuplicateName, func(i int) error {
+			_, err := s.CreateContainer("", []string{"contested", fmt.Sprint("own-", i)}, img.ID, "", "", nil)
+			return err
+		})
 		ctrs, _ := s.Containers()
 		if wins != 1 || len(ctrs) != 1 {
 			t.Fatalf("%d winners, %d containers", wins, len(ctrs))
@@ -332,25 +319,34 @@ func TestContainerNameRace(t *testing.T) {
 			t.Errorf("%d layers, want the image's and the winner's", len(layers))
 		}
 		id := newID()
-		for i := 0; i < clients; i++ {
-			go func() {
-				_, err := s.CreateContainer(id, nil, img.ID, "", "", nil)
-				errs <- err
-			}()
-		}
-		wins = 0
-		for i := 0; i < clients; i++ {
-			switch err := <-errs; {
-			case err == nil:
-				wins++
-			case !errors.Is(err, ErrDuplicateID):
-				t.Errorf("unexpected error: %v", err)
-			}
-		}
+		wins = race(t, 16, ErrDuplicateID, func(int) error {
+			_, err := s.CreateContainer(id, nil, img.ID, "", "", nil)
+			return err
+		})
 		if ctrs, _ := s.Containers(); wins != 1 || len(ctrs) != 2 {
 			t.Errorf("%d winners of the ID, %d containers", wins, len(ctrs))
 		}
 	})
+}
+
+// race runs fn as clients at once and counts the winners; every loser
+// must fail with lose.
+func race(t *testing.T, clients int, lose error, fn func(i int) error) int {
+	t.Helper()
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		go func() { errs <- fn(i) }()
+	}
+	wins := 0
+	for i := 0; i < clients; i++ {
+		switch err := <-errs; {
+		case err == nil:
+			wins++
+		case !errors.Is(err, lose):
+			t.Errorf("unexpected error: %v (want %v)", err, lose)
+		}
+	}
+	return wins
 }
 
 func TestWipeContainers(t *testing.T) {

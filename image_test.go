@@ -418,25 +418,12 @@ func recordLabels(t *testing.T, cs content.Store, id string) map[string]string {
 
 func TestImageNameRace(t *testing.T) {
 	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
-		const clients = 16
-		errs := make(chan error, clients)
-		for i := 0; i < clients; i++ {
-			go func() {
-				_, err := s.CreateImage("", []string{"contested", fmt.Sprint("own-", i)}, "", "", &ImageOptions{
-					BigData: []ImageBigDataOption{{Key: "config", Data: []byte(fmt.Sprint("config ", i))}},
-				})
-				errs <- err
-			}()
-		}
-		wins := 0
-		for i := 0; i < clients; i++ {
-			switch err := <-errs; {
-			case err == nil:
-				wins++
-			case !errors.Is(err, ErrDuplicateName):
-				t.Errorf("unexpected error: %v", err)
-			}
-		}
+		wins := race(t, 16, ErrDuplicateName, func(i int) error {
+			_, err := s.CreateImage("", []string{"contested", fmt.Sprint("own-", i)}, "", "", &ImageOptions{
+				BigData: []ImageBigDataOption{{Key: "config", Data: []byte(fmt.Sprint("config ", i))}},
+			})
+			return err
+		})
 		imgs, _ := s.Images()
 		if wins != 1 || len(imgs) != 1 {
 			t.Fatalf("%d winners, %d images", wins, len(imgs))
@@ -451,21 +438,10 @@ func TestImageNameRace(t *testing.T) {
 		}
 		// Racing for an ID: one record holds it.
 		id := newID()
-		for i := 0; i < clients; i++ {
-			go func() {
-				_, err := s.CreateImage(id, nil, "", "", nil)
-				errs <- err
-			}()
-		}
-		wins = 0
-		for i := 0; i < clients; i++ {
-			switch err := <-errs; {
-			case err == nil:
-				wins++
-			case !errors.Is(err, ErrDuplicateID):
-				t.Errorf("unexpected error: %v", err)
-			}
-		}
+		wins = race(t, 16, ErrDuplicateID, func(int) error {
+			_, err := s.CreateImage(id, nil, "", "", nil)
+			return err
+		})
 		if imgs, _ := s.Images(); wins != 1 || len(imgs) != 2 {
 			t.Errorf("%d winners of the ID, %d images", wins, len(imgs))
 		}
