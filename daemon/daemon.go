@@ -19,10 +19,11 @@ import (
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/defaults"
-	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
@@ -105,6 +106,9 @@ func (d *Daemon) Close() error {
 	if d.sn != nil {
 		errs = append(errs, d.sn.Close())
 	}
+	if d.cs != nil {
+		errs = append(errs, d.cs.Close())
+	}
 	if d.db != nil {
 		errs = append(errs, d.db.Close())
 		d.db = nil
@@ -122,11 +126,11 @@ func (d *Daemon) NewServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
-		grpc.ChainUnaryInterceptor(metricsUnary, logUnary),
-		grpc.ChainStreamInterceptor(metricsStream, logStream),
+		grpc.ChainUnaryInterceptor(recoverUnary, metricsUnary, logUnary),
+		grpc.ChainStreamInterceptor(recoverStream, metricsStream, logStream),
 	)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn), d.sn})
-	contentapi.RegisterContentServer(srv, contentserver.New(d.cs))
+	contentapi.RegisterContentServer(srv, contentstore.NewService(d.cs))
 	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv
 }
@@ -246,6 +250,15 @@ func (s snapshotsService) Commit(ctx context.Context, req *snapshotsapi.CommitSn
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// Update refuses a request without Info, which containerd's service
+// dereferences.
+func (s snapshotsService) Update(ctx context.Context, req *snapshotsapi.UpdateSnapshotRequest) (*snapshotsapi.UpdateSnapshotResponse, error) {
+	if req.GetInfo() == nil {
+		return nil, status.Error(codes.InvalidArgument, "update snapshot: no info given")
+	}
+	return s.SnapshotsServer.Update(ctx, req)
 }
 
 func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream snapshotsapi.Snapshots_ListServer) error {

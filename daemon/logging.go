@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -46,5 +48,24 @@ func startCall(ctx context.Context, method string) (context.Context, func(error)
 			return
 		}
 		e.Debug("call")
+	}
+}
+
+// recoverUnary turns a panic in a handler into an Internal error for that
+// call, logged with its stack, instead of the end of the daemon.
+func recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer recovered(ctx, info.FullMethod, &err)
+	return handler(ctx, req)
+}
+
+func recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer recovered(ss.Context(), info.FullMethod, &err)
+	return handler(srv, ss)
+}
+
+func recovered(ctx context.Context, method string, err *error) {
+	if p := recover(); p != nil {
+		log.G(ctx).WithField("method", method).WithField("stack", string(debug.Stack())).Errorf("panic in handler: %v", p)
+		*err = status.Errorf(codes.Internal, "%s: internal error (panic: %v)", method, p)
 	}
 }
