@@ -640,7 +640,7 @@ func (s *store) deleteImage(r *imageRecord) error {
 
 // Image returns the image id names (ID, name or unique ID prefix).
 func (s *store) Image(id string) (*Image, error) {
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return nil, err
 	}
@@ -700,7 +700,7 @@ func (s *store) ImagesByDigest(d digest.Digest) ([]*Image, error) {
 
 // ListImageBigData lists the big data keys of image id.
 func (s *store) ListImageBigData(id string) ([]string, error) {
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return nil, err
 	}
@@ -712,7 +712,7 @@ func (s *store) ImageBigData(id, key string) ([]byte, error) {
 	if key == "" {
 		return nil, fmt.Errorf("can't retrieve image big data value for empty name: %w", ErrInvalidBigDataName)
 	}
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return nil, err
 	}
@@ -737,7 +737,7 @@ func (s *store) ImageBigDataSize(id, key string) (int64, error) {
 	if key == "" {
 		return -1, fmt.Errorf("can't retrieve size of image big data with empty name: %w", ErrInvalidBigDataName)
 	}
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return -1, err
 	}
@@ -752,7 +752,7 @@ func (s *store) ImageBigDataDigest(id, key string) (digest.Digest, error) {
 	if key == "" {
 		return "", fmt.Errorf("can't retrieve digest of image big data value with empty name: %w", ErrInvalidBigDataName)
 	}
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return "", err
 	}
@@ -766,7 +766,7 @@ func (s *store) ImageBigDataDigest(id, key string) (digest.Digest, error) {
 // any previous value. A manifest item (key beginning "manifest") is
 // digested with digestManifest, and its digest joins the image's Digests.
 func (s *store) SetImageBigData(id, key string, data []byte, digestManifest func([]byte) (digest.Digest, error)) error {
-	r, _, err := s.image(id)
+	r, err := s.findImage(id)
 	if err != nil {
 		return err
 	}
@@ -818,11 +818,7 @@ func (s *store) SetImageBigData(id, key string, data []byte, digestManifest func
 // ImageSize returns the size of the image's layers (each counted once) and
 // big data.
 func (s *store) ImageSize(id string) (int64, error) {
-	r, _, err := s.image(id)
-	if err != nil {
-		return -1, err
-	}
-	layers, err := s.load()
+	r, err := s.findImage(id)
 	if err != nil {
 		return -1, err
 	}
@@ -830,9 +826,9 @@ func (s *store) ImageSize(id string) (int64, error) {
 	seen := map[string]bool{}
 	for l := r.TopLayer; l != "" && !seen[l]; {
 		seen[l] = true
-		lr, ok := layers.byID[l]
-		if !ok {
-			return -1, fmt.Errorf("locating layer with ID %q: %w", l, ErrLayerUnknown)
+		lr, err := s.findLayer(l)
+		if err != nil {
+			return -1, fmt.Errorf("locating layer with ID %q: %w", l, err)
 		}
 		n := lr.UncompressedSize
 		if lr.UncompressedDigest == "" {
