@@ -167,14 +167,26 @@ func runMode(mode, bin, sizes string, rounds int) ([]result, error) {
 			var times []float64
 			var rss int64
 			for r := 0; r < rounds; r++ {
-				c := exec.Command(bin, append([]string{"--graph", opts.GraphRoot, "--run", opts.RunRoot}, cmd...)...)
-				c.Stderr = os.Stderr
+				// GNU time reports the command's own peak RSS: a child
+				// of this (large) process would inherit its high-water
+				// mark through fork and exec.
+				c := exec.Command("/usr/bin/time", append([]string{"-f", "%M", bin, "--graph", opts.GraphRoot, "--run", opts.RunRoot}, cmd...)...)
+				var stderr strings.Builder
+				c.Stderr = &stderr
 				t0 := time.Now()
 				if err := c.Run(); err != nil {
-					return nil, fmt.Errorf("%s: %w", strings.Join(cmd, " "), err)
+					return nil, fmt.Errorf("%s: %w: %s", strings.Join(cmd, " "), err, stderr.String())
 				}
 				times = append(times, ms(time.Since(t0)))
-				rss = max(rss, c.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)
+				lines := strings.Fields(stderr.String())
+				if len(lines) == 0 {
+					return nil, fmt.Errorf("%s: no peak RSS from /usr/bin/time", strings.Join(cmd, " "))
+				}
+				kib, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("%s: peak RSS %q: %w", strings.Join(cmd, " "), lines[len(lines)-1], err)
+				}
+				rss = max(rss, kib)
 			}
 			res = append(res, result{mode, size, "cs-snapshotter " + strings.Join(cmd[:1], " "), median(times), rss, "KiB peak RSS"})
 		}
