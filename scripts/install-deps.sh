@@ -16,6 +16,7 @@ log() { echo "install-deps: $*" >&2; }
 
 apt_pkgs=()
 command -v runc >/dev/null || apt_pkgs+=(runc)
+[ -x /usr/bin/time ] || apt_pkgs+=(time) # peak RSS in test/bench/scale
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q 'statically linked' || \
   { dpkg -s busybox-static >/dev/null 2>&1 || apt_pkgs+=(busybox-static); }
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
