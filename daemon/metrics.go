@@ -132,7 +132,7 @@ type promLogger struct{}
 func (promLogger) Println(v ...any) { log.L.Warn(v...) }
 
 var (
-	snapshotsDesc = prometheus.NewDesc(namespace+"_snapshots", "Snapshots, by kind (active, view, committed).", []string{"kind"}, nil)
+	snapshotsDesc = prometheus.NewDesc(namespace+"_snapshots", "Snapshots, by kind (Active, View, Committed).", []string{"kind"}, nil)
 	blobsDesc     = prometheus.NewDesc(namespace+"_content_blobs", "Blobs in the content store.", nil, nil)
 	blobBytesDesc = prometheus.NewDesc(namespace+"_content_blob_bytes", "Sum of the sizes of the blobs in the content store.", nil, nil)
 	ingestsDesc   = prometheus.NewDesc(namespace+"_content_ingests", "Ingests in progress (containerd's; the daemon's own are not listed).", nil, nil)
