@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
@@ -111,16 +112,28 @@ func withContainerdLabels(opts []snapshots.Opt) []snapshots.Opt {
 	return []snapshots.Opt{snapshots.WithLabels(toContainerd(info.Labels))}
 }
 
+// claimRefused gives back the code of the daemon's refusal of a name
+// claim, which containerd's metadata store passes on as Unknown
+// ("unexpected error from snapshotter"); its text still says what it was.
+func claimRefused(err error) error {
+	if err != nil && !errdefs.IsAlreadyExists(err) && strings.Contains(err.Error(), "is already used by snapshot") {
+		return fmt.Errorf("%w: %w", errdefs.ErrAlreadyExists, err)
+	}
+	return err
+}
+
 func (g *gcRootedSnapshots) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	return g.Snapshotter.Prepare(ctx, key, parent, withContainerdLabels(opts)...)
+	m, err := g.Snapshotter.Prepare(ctx, key, parent, withContainerdLabels(opts)...)
+	return m, claimRefused(err)
 }
 
 func (g *gcRootedSnapshots) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	return g.Snapshotter.View(ctx, key, parent, withContainerdLabels(opts)...)
+	m, err := g.Snapshotter.View(ctx, key, parent, withContainerdLabels(opts)...)
+	return m, claimRefused(err)
 }
 
 func (g *gcRootedSnapshots) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
-	return g.Snapshotter.Commit(ctx, name, key, withContainerdLabels(opts)...)
+	return claimRefused(g.Snapshotter.Commit(ctx, name, key, withContainerdLabels(opts)...))
 }
 
 func (g *gcRootedSnapshots) Stat(ctx context.Context, key string) (snapshots.Info, error) {
@@ -147,7 +160,7 @@ func (g *gcRootedSnapshots) Update(ctx context.Context, info snapshots.Info, fie
 		paths = append(paths, p)
 	}
 	info, err := g.Snapshotter.Update(ctx, info, paths...)
-	return fromContainerd(info), err
+	return fromContainerd(info), claimRefused(err)
 }
 
 // gcRootedContent gives every blob the store writes, and every blob it
