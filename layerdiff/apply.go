@@ -185,12 +185,13 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 
 	v := &vetter{
 		root:  root,
-		esc:   escapeChecker{root: root, lowers: opts.Parents},
+		esc:   escapeChecker{root: root, lowers: opts.Parents, upper: plainResolver{root: root}},
 		max:   opts.MaxUncompressed,
 		track: opts.TarSplit != nil,
 		uids:  map[uint32]struct{}{},
 		gids:  map[uint32]struct{}{},
 	}
+	defer v.esc.close()
 	ex := newExtractor(root, opts.Parents, v)
 	applyErr := ex.apply(ctx, tarStream)
 	afterEnd := false

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -59,7 +58,18 @@ type escapeChecker struct {
 	// plain.
 	under   map[string][]string
 	crooked int
+	// refs counts the entries of under's lists, to bound the memory a deep
+	// tree takes (each verified directory is listed under each of its
+	// ancestors).
+	refs int
+	// upper resolves paths in the upper directory without following
+	// symlinks.
+	upper plainResolver
 }
+
+// maxRefs bounds escapeChecker.refs: past it the cache starts over, which
+// is always correct.
+const maxRefs = 1 << 22
 
 // maxSymlinks bounds the symlinks followed resolving one path, as the
 // kernel's MAXSYMLINKS.
@@ -106,9 +116,7 @@ func (c *escapeChecker) check(hdr *tar.Header) error {
 // as nothing did). Otherwise it forgets them all.
 func (c *escapeChecker) changed(rel string, plain bool) {
 	if !plain || c.crooked > 0 || rel == "." || rel == "" {
-		clear(c.verified)
-		clear(c.under)
-		c.crooked = 0
+		c.forgetAll()
 		return
 	}
 	c.forget(rel)
@@ -116,6 +124,13 @@ func (c *escapeChecker) changed(rel string, plain bool) {
 		c.forget(d)
 	}
 	delete(c.under, rel)
+}
+
+func (c *escapeChecker) forgetAll() {
+	clear(c.verified)
+	clear(c.under)
+	c.crooked = 0
+	c.refs = 0
 }
 
 func (c *escapeChecker) forget(dir string) {
@@ -135,14 +150,62 @@ func (c *escapeChecker) remember(dir string, plain bool) {
 	if _, ok := c.verified[dir]; ok {
 		return
 	}
+	if c.refs > maxRefs {
+		c.forgetAll()
+	}
 	c.verified[dir] = plain
 	if !plain {
 		c.crooked++
 	}
 	for i := strings.LastIndexByte(dir, '/'); i > 0; i = strings.LastIndexByte(dir[:i], '/') {
 		c.under[dir[:i]] = append(c.under[dir[:i]], dir)
+		c.refs++
 	}
 }
+
+// plainInUpper reports whether dir (relative, without "..") resolves
+// plainly, following no symlink, and so stays inside, as far as one look at
+// the upper directory and one per lower can tell: dir is a directory of the
+// upper directory reached through directories only, which overlay shows as
+// they are whatever the lowers hold; or its parent is, and neither the
+// upper directory nor any lower has anything at dir, so that it does not
+// exist. This answers in one openat2 (and an lstat per lower) what the walk
+// in checkParent answers with a system call per component and layer, each
+// resolving the path so far again: quadratic in the depth, minutes for a
+// layer of a thousand files a thousand directories deep. false means: walk.
+func (c *escapeChecker) plainInUpper(dir string) bool {
+	switch c.upper.resolve(dir) {
+	case plainDir:
+		return true
+	case plainMissing:
+	default:
+		return false
+	}
+	if len(c.lowers) == 0 {
+		// Every component that exists is a directory (a symlink would
+		// have stopped openat2 first), and the rest does not exist.
+		return true
+	}
+	if parent := path.Dir(dir); parent != "." && c.upper.resolve(parent) != plainDir {
+		return false
+	}
+	// The parent is a directory of the upper directory, where dir is not.
+	// Overlay shows a lower's dir only if the lower's own path to it is
+	// directories, and lstat sees it then; so nothing found in any lower
+	// means nothing there. (Something found through a lower's symlink,
+	// which overlay would not show, only sends this to the walk.)
+	for _, l := range c.lowers {
+		var st unix.Stat_t
+		err := unix.Lstat(l+"/"+dir, &st)
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+			return false
+		}
+	}
+	return true
+}
+
+// close releases what plainInUpper opened.
+func (c *escapeChecker) close() { c.upper.close() }
 
 func (c *escapeChecker) checkLinkTarget(hdr *tar.Header) error {
 	target := hdr.Linkname
@@ -182,10 +245,34 @@ func (c *escapeChecker) checkParent(name string, describe func() string, dir str
 		return true, nil
 	}
 	// Without "..", rooted makes no difference.
-	cacheable := !strings.Contains(dir, "..") || !slices.Contains(strings.Split(dir, "/"), "..")
+	cacheable := !hasDotDot(dir)
 	if plain, ok := c.verified[dir]; ok && cacheable {
 		return plain, nil
 	}
+	if cacheable && c.plainInUpper(dir) {
+		if verifyShortcuts {
+			if plain, err := c.walk(name, describe, dir, rooted); err != nil || !plain {
+				panic(fmt.Sprintf("layerdiff: plainInUpper(%q) says plain, the walk says plain %v, %v", dir, plain, err))
+			}
+		}
+		c.remember(dir, true)
+		return true, nil
+	}
+	plain, err = c.walk(name, describe, dir, rooted)
+	if err == nil && cacheable {
+		c.remember(dir, plain)
+	}
+	return plain, err
+}
+
+// verifyShortcuts makes the shortcuts around the walks (plainInUpper,
+// resolvePath's) check their answer against the walk, and panic if they
+// differ. For tests.
+var verifyShortcuts = false
+
+// walk resolves dir through the merged view, one component and layer at a
+// time, as checkParent describes.
+func (c *escapeChecker) walk(name string, describe func() string, dir string, rooted bool) (plain bool, err error) {
 	what := describe()
 	type frame struct {
 		rel  string      // path in the merged view
@@ -252,9 +339,6 @@ func (c *escapeChecker) checkParent(name string, describe func() string, dir str
 		if !isLink {
 			stack = append(stack, next)
 		}
-	}
-	if cacheable {
-		c.remember(dir, followed == 0)
 	}
 	return followed == 0, nil
 }

@@ -26,10 +26,12 @@ import (
 // results and checks, minus the system calls that do nothing for an overlay
 // upper directory filled in one pass:
 //
-//   - a parent directory is resolved (fs.RootPath, an lstat per component)
-//     and made (mkparent, another lstat) once, not per entry, until an entry
-//     changes what is on disk (removes something, adds a symlink or a hard
-//     link, which may be one);
+//   - a parent directory is resolved and made (mkparent, an lstat) once,
+//     not per entry, until an entry changes what is on disk (removes
+//     something, adds a symlink or a hard link, which may be one); and
+//     resolved with one openat2 when no component is a symlink, instead of
+//     fs.RootPath's lstat per component, each resolving the path so far
+//     again (quadratic in the depth), which only symlinks still need;
 //   - a regular file is created with O_EXCL instead of after an lstat (what
 //     is already there is removed only then), written, and then owned,
 //     given its xattrs, mode and times through its descriptor: no second
@@ -59,6 +61,10 @@ type extractor struct {
 	// the process's, -1 if unknown.
 	defaultACL map[string]bool
 	umask      int
+	// upper and lowers resolve paths within root and parents without
+	// following symlinks, for resolvePath.
+	upper  plainResolver
+	lowers []plainResolver
 	// disturbed: an entry replaced or removed something already in the
 	// directory, or landed elsewhere than its name says (through a
 	// symlink). Otherwise every file written is still where its name
@@ -77,7 +83,17 @@ func newExtractor(root string, parents []string, v *vetter) *extractor {
 		dirMode:    map[string]uint32{},
 		defaultACL: map[string]bool{},
 		umask:      processUmask(),
+		upper:      plainResolver{root: root},
+		lowers:     lowerResolvers(parents),
 	}
+}
+
+func lowerResolvers(parents []string) []plainResolver {
+	rs := make([]plainResolver, len(parents))
+	for i, p := range parents {
+		rs[i].root = p
+	}
+	return rs
 }
 
 // changed forgets what is known of the tree, after an entry that may change
@@ -93,6 +109,12 @@ const whiteoutOpaqueDir = ".wh..wh..opq"
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 func (e *extractor) apply(ctx context.Context, r io.Reader) error {
+	defer func() {
+		e.upper.close()
+		for i := range e.lowers {
+			e.lowers[i].close()
+		}
+	}()
 	tr := tar.NewReader(r)
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
@@ -132,7 +154,7 @@ func (e *extractor) apply(ctx context.Context, r io.Reader) error {
 		p := d.path
 		if e.disturbed {
 			var err error
-			if p, err = fs.RootPath(e.root, d.hdr.Name); err != nil {
+			if p, err = e.rootPath(d.hdr.Name); err != nil {
 				return err
 			}
 		}
@@ -150,7 +172,7 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 	parent, known := e.made[ppath]
 	if !known {
 		var err error
-		parent, err = fs.RootPath(e.root, ppath)
+		parent, err = e.rootPath(ppath)
 		if err != nil {
 			return fmt.Errorf("failed to get root path: %w", err)
 		}
@@ -169,7 +191,7 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 	}
 	if !known {
 		if parent != e.root {
-			if err := mkparent(ctx, parent, e.root, e.parents); err != nil {
+			if err := e.mkparent(ctx, parent); err != nil {
 				return err
 			}
 		}
@@ -228,7 +250,7 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 			return &os.PathError{Op: "mknod", Path: p, Err: err}
 		}
 	case tar.TypeLink:
-		target, err := hardlinkRootPath(e.root, hdr.Linkname)
+		target, err := e.hardlinkRootPath(hdr.Linkname)
 		if err != nil {
 			return err
 		}
@@ -537,23 +559,50 @@ func chtimes(p string, hdr *tar.Header) error {
 // hardlinkRootPath is archive.Apply's: the target's parent resolved in
 // root, the target itself not followed, anything leading out clamped to
 // root.
-func hardlinkRootPath(root, linkname string) (string, error) {
+func (e *extractor) hardlinkRootPath(linkname string) (string, error) {
 	ppath, base := filepath.Split(linkname)
-	ppath, err := fs.RootPath(root, ppath)
+	ppath, err := e.rootPath(ppath)
 	if err != nil {
 		return "", err
 	}
 	targetPath := filepath.Join(ppath, base)
-	if !strings.HasPrefix(targetPath, root) {
-		targetPath = root
+	if !strings.HasPrefix(targetPath, e.root) {
+		targetPath = e.root
 	}
 	return targetPath, nil
+}
+
+// rootPath is fs.RootPath(e.root, name), archive.Apply's resolution: name
+// within the root, symlinks followed as if the root were "/".
+func (e *extractor) rootPath(name string) (string, error) {
+	return resolvePath(&e.upper, e.root, name)
+}
+
+// resolvePath is fs.RootPath(root, name), r resolving in root. When no
+// component of name that exists is a symlink, which one openat2 tells, that
+// is name joined to root, and fs.RootPath's lstat of every prefix (each
+// resolving the path so far again: quadratic in the depth) is skipped.
+func resolvePath(r *plainResolver, root, name string) (string, error) {
+	if !hasDotDot(name) {
+		rel := strings.TrimLeft(filepath.Clean("/"+name), "/")
+		if res := r.resolve(rel); res == plainDir || res == plainMissing {
+			p := filepath.Join(root, rel)
+			if verifyShortcuts {
+				if q, err := fs.RootPath(root, name); err != nil || q != p {
+					panic(fmt.Sprintf("layerdiff: resolvePath(%q, %q) = %q, fs.RootPath says %q, %v", root, name, p, q, err))
+				}
+			}
+			return p, nil
+		}
+	}
+	return fs.RootPath(root, name)
 }
 
 // mkparent is archive.Apply's: it makes the missing directories of path,
 // with the attributes of the same directory in the nearest parent layer
 // that has one.
-func mkparent(ctx context.Context, path, root string, parents []string) error {
+func (e *extractor) mkparent(ctx context.Context, path string) error {
+	root := e.root
 	if dir, err := os.Lstat(path); err == nil {
 		if dir.IsDir() {
 			return nil
@@ -568,7 +617,7 @@ func mkparent(ctx context.Context, path, root string, parents []string) error {
 		i--
 	}
 	if i > len(root)+1 {
-		if err := mkparent(ctx, path[:i-1], root, parents); err != nil {
+		if err := e.mkparent(ctx, path[:i-1]); err != nil {
 			return err
 		}
 	}
@@ -583,8 +632,8 @@ func mkparent(ctx context.Context, path, root string, parents []string) error {
 		return err
 	}
 
-	for _, p := range parents {
-		ppath, err := fs.RootPath(p, path[len(root):])
+	for i := range e.parents {
+		ppath, err := resolvePath(&e.lowers[i], e.parents[i], path[len(root):])
 		if err != nil {
 			return err
 		}

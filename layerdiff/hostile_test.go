@@ -933,3 +933,66 @@ func TestApplySparseCancelled(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyDeepTree: a thousand files a thousand directories deep (a
+// 2,000-byte path each; a few hundred KiB of gzip) apply in seconds, over a
+// lower directory too, with and without entries for their directories. Each
+// name used to cost a walk of its path, an lstat per component each
+// resolving the path so far again: 90 s to 3 min for this layer.
+func TestApplyDeepTree(t *testing.T) {
+	requireRoot(t)
+	verifyShortcuts = false // the check is the slow walk
+	t.Cleanup(func() { verifyShortcuts = true })
+	const depth, leaves = 1000, 1000
+	lower := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(lower, strings.Repeat("d/", 10)), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	for _, withLower := range []bool{false, true} {
+		for _, dirEntries := range []bool{true, false} {
+			t.Run(fmt.Sprintf("lower=%v,dir-entries=%v", withLower, dirEntries), func(t *testing.T) {
+				var buf bytes.Buffer
+				tw := tar.NewWriter(&buf)
+				p := ""
+				for range depth {
+					p += "d/"
+					tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: p, Mode: 0o755, ModTime: epochTime})
+				}
+				for i := range leaves {
+					if dirEntries {
+						tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: fmt.Sprintf("%sl%d/", p, i), Mode: 0o755, ModTime: epochTime})
+					}
+					tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("%sl%d/f", p, i), Mode: 0o644, ModTime: epochTime})
+				}
+				if err := tw.Close(); err != nil {
+					t.Fatal(err)
+				}
+				sandbox := fastDir(t)
+				dir := filepath.Join(sandbox, "layer")
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				opts := ApplyOptions{TarSplit: &bytes.Buffer{}}
+				if withLower {
+					opts.Parents = []string{lower}
+				}
+				start := time.Now()
+				res, err := Apply(context.Background(), dir, bytes.NewReader(compress(t, Gzip, buf.Bytes())), opts)
+				took := time.Since(start)
+				t.Logf("%d bytes of tar: applied in %v", buf.Len(), took)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !res.Reproducible {
+					t.Errorf("not reproducible: %s", res.NotReproducible)
+				}
+				if st := lstat(t, filepath.Join(dir, p, "l999", "f")); st.Mode&unix.S_IFMT != unix.S_IFREG {
+					t.Errorf("deepest file: mode %#o", st.Mode)
+				}
+				if took > time.Minute {
+					t.Errorf("applying took %v", took)
+				}
+			})
+		}
+	}
+}
