@@ -58,7 +58,7 @@ func (s *store) openContainerd() error {
 	s.ctx = namespaces.WithNamespace(context.Background(), ns)
 	s.containerd = c
 	s.sn = &gcRootedSnapshots{Snapshotter: c.SnapshotService(name)}
-	s.cs = &gcRootedContent{Store: c.ContentStore()}
+	s.cs = &gcRootedContent{Store: nativeReads{c.ContentStore()}}
 	// Reach the snapshotter once, so a wrong name or a containerd without
 	// the cs proxy plugin is one clear error now, not a puzzle later.
 	if err := s.sn.Walk(s.ctx, func(context.Context, snapshots.Info) error { return nil }, `name=="cs.none"`); err != nil {

@@ -124,7 +124,7 @@ func GetStore(options StoreOptions) (Store, error) {
 			return nil, err
 		}
 		s.client = c
-		s.sn, s.cs = c.Snapshotter, c.Content
+		s.sn, s.cs = c.Snapshotter, nativeReads{c.Content}
 	default:
 		return nil, err
 	}

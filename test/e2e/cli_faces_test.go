@@ -22,7 +22,7 @@ func TestCLISeesContainerd(t *testing.T) {
 	defer e.Ctr("containers", "rm", ctrID)
 	imageID := image.Config.Digest.Encoded()
 
-	cli := func(args ...string) string {
+	cli := func(t *testing.T, args ...string) string {
 		t.Helper()
 		out, err := exec.Command(csBin, args...).CombinedOutput()
 		if err != nil {
@@ -42,7 +42,7 @@ func TestCLISeesContainerd(t *testing.T) {
 				ID    string   `json:"id"`
 				Names []string `json:"names"`
 			}
-			if err := json.Unmarshal([]byte(cli(append(face.flags, "images", "--json")...)), &images); err != nil {
+			if err := json.Unmarshal([]byte(cli(t, append(face.flags, "images", "--json")...)), &images); err != nil {
 				t.Fatal(err)
 			}
 			found := false
@@ -57,7 +57,7 @@ func TestCLISeesContainerd(t *testing.T) {
 				Names   []string `json:"names"`
 				ImageID string   `json:"image"`
 			}
-			if err := json.Unmarshal([]byte(cli(append(face.flags, "containers", "--json")...)), &ctrs); err != nil {
+			if err := json.Unmarshal([]byte(cli(t, append(face.flags, "containers", "--json")...)), &ctrs); err != nil {
 				t.Fatal(err)
 			}
 			found = false
