@@ -520,6 +520,11 @@ func (cr *crashRun) burstStep(s storage.Store, rng *rand.Rand) {
 	cr.mu.Unlock()
 	sort.Slice(present, func(i, j int) bool { return present[i].name < present[j].name })
 	pick := func() *mLayer { return present[rng.IntN(len(present))] }
+	if len(present) >= 40 {
+		// Bounded, so that the rounds of a long run stay as quick.
+		cr.deleteLayer(s, pick())
+		return
+	}
 	switch r := rng.IntN(10); {
 	case r < 4 || len(present) == 0:
 		seq := cr.nextSeq()

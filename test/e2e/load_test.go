@@ -373,9 +373,9 @@ func (lr *loadRun) ctrClient(i int, rng *rand.Rand) {
 				name, want = imageName, imagebuild.HelloText
 			}
 			lr.op("ctr run", nil, func() error {
-				r := e.Ctr("run", "--rm", "--snapshotter", e.Snapshotter, name, e.ID("load"), "cat", imagebuild.HelloPath)
-				if r.Err == nil && r.Stdout != want {
-					return fmt.Errorf("%s printed %q, want %q", name, r.Stdout, want)
+				r := e.Ctr("run", "--rm", "--snapshotter", e.Snapshotter, name, e.ID("load"), "sh", "-c", "cat "+imagebuild.HelloPath+"; echo end")
+				if r.Err == nil && r.Stdout != want+"end\n" {
+					return fmt.Errorf("%s printed %q, want %q (stderr %q)", name, r.Stdout, want+"end\n", r.Stderr)
 				}
 				return r.Err
 			})
@@ -609,9 +609,31 @@ func (lr *loadRun) deleteSome(c *storeClient, rng *rand.Rand, prefix string) {
 		for ; l.mounts > 0; l.mounts-- {
 			lr.op("unmount"+prefix, knownRace, func() error { _, err := s.Unmount(l.id, false); return err })
 		}
-		if lr.op("delete-layer"+prefix, knownRace, func() error { return s.DeleteLayer(l.id) }) == nil {
+		if err := lr.op("delete-layer"+prefix, knownRace, func() error { return s.DeleteLayer(l.id) }); err == nil {
 			delete(c.layers, l.id)
 			c.gone = append(c.gone, l.id)
+		} else if errors.Is(err, storage.ErrLayerHasChildren) {
+			// Not expected: the client deleted what it made on the layer.
+			var kids []string
+			if ls, lerr := s.Layers(); lerr == nil {
+				for _, x := range ls {
+					if x.Parent == l.id {
+						kids = append(kids, fmt.Sprintf("layer %s %v", x.ID, x.Names))
+					}
+				}
+			}
+			if cs, cerr := s.Containers(); cerr == nil {
+				for _, x := range cs {
+					if p, perr := s.Layer(x.LayerID); perr == nil && p.Parent == l.id {
+						kids = append(kids, fmt.Sprintf("container %s %v", x.ID, x.Names))
+					}
+				}
+			}
+			out := ""
+			if c.viaCtrd {
+				out = lr.e.Ctr("-n", "cs-load", "snapshots", "--snapshotter", "cs", "ls").Stdout
+			}
+			lr.t.Logf("%s: layer %s (%s) has children the client does not know: %v\n%s", c.name, l.id, l.name, kids, out)
 		}
 	}
 }
