@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ type Store struct {
 	root    string
 	labels  *metadata.ContentLabels
 	locks   refLocks
+	blobs   digestLocks
 	readers readerCache
 	verity  bool
 }
@@ -78,6 +80,10 @@ func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...str
 	if err := metadata.ValidateLabels(info.Labels); err != nil {
 		return content.Info{}, fmt.Errorf("update content %s: %w", info.Digest, err)
 	}
+	// Held so that labels are never written for a blob Delete is
+	// unlinking (they would outlive it, claiming its names), and a
+	// reference added here is seen by a Delete that follows.
+	defer s.blobs.lock(info.Digest)()
 	return s.Store.Update(ctx, info, fieldpaths...)
 }
 
@@ -89,10 +95,18 @@ func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...str
 // the store's own blobs are not known to it. Delete answers nil then, as the
 // blob is none of the caller's business; the store drops its references
 // before deleting.
+//
+// The blob goes first, its labels after, under the blob's lock (which
+// Commit and Update hold too, so the check of the references cannot miss
+// one being added). A crash between leaves labels without a blob, which
+// claim nothing once AbortOwn drops them at the next start; the other
+// order could leave a blob without the labels that say who uses it.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
-	if _, err := s.blobPath(dgst); err != nil {
+	p, err := s.blobPath(dgst)
+	if err != nil {
 		return fmt.Errorf("delete content: %w", err)
 	}
+	defer s.blobs.lock(dgst)()
 	labels, err := s.labels.Get(dgst)
 	if err != nil {
 		return fmt.Errorf("delete content %s: %w", dgst, err)
@@ -104,13 +118,26 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	err = s.Store.Delete(ctx, dgst)
 	// Unlinked (or never there): readers to come must not find it cached.
 	s.readers.forget(dgst)
-	if err != nil {
+	if err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
-	if err := s.labels.Delete(dgst); err != nil {
-		return fmt.Errorf("delete labels of %s: %w", dgst, err)
+	if labels == nil {
+		return err // containerd's blobs have none: no transaction for them
 	}
-	return nil
+	if err == nil {
+		// The unlink on disk before the labels go, or a crash could bring
+		// the blob back without them. Failing that, such a blob claims
+		// nothing and is unused: not a reason to keep the labels.
+		if serr := syncDir(filepath.Dir(p)); serr != nil {
+			log.G(ctx).WithError(serr).WithField("digest", dgst).Warn("failed to sync the removal of a blob")
+		}
+	}
+	// Labels without a blob (a crash, or the blob removed behind the
+	// store) are dropped too: they are what a missing blob leaves.
+	if lerr := s.labels.Delete(dgst); lerr != nil {
+		return fmt.Errorf("delete labels of %s: %w", dgst, lerr)
+	}
+	return err
 }
 
 // Walk calls fn for every blob matching filters. Unlike containerd's local
@@ -227,7 +254,15 @@ func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Statu
 	err = walker.WalkStatusRefs(ctx, func(ref string) error {
 		st, err := s.Store.Status(ctx, ref)
 		if errdefs.IsNotFound(err) {
-			return nil // finished meanwhile
+			// Finished meanwhile, or a directory without data that a
+			// writer killed early (or late, in Commit) left: nothing
+			// lists that one, so it goes here, where containerd's
+			// garbage collector passes. Failing that, it stays for the
+			// next pass: not a reason to fail the listing.
+			if err := s.removeDataless(ctx, ref); err != nil {
+				log.G(ctx).WithError(err).WithField("ref", ref).Warn("failed to remove an ingest without data")
+			}
+			return nil
 		}
 		if err != nil {
 			// Files a crash cut short (the ingest writer does not sync
@@ -251,8 +286,9 @@ func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Statu
 	return out, err
 }
 
-// AbortOwn aborts the daemon's own ingests: left by a crash, as nothing
-// else can be writing when the root has just been opened.
+// AbortOwn clears what a crash left, as nothing else can be writing when
+// the root has just been opened: the daemon's own ingests, ingests whose
+// files are unreadable or missing, and labels whose blob is gone.
 func (s *Store) AbortOwn(ctx context.Context) error {
 	all, err := s.listStatuses(ctx)
 	if err != nil {
@@ -261,16 +297,19 @@ func (s *Store) AbortOwn(ctx context.Context) error {
 	for _, st := range all {
 		if strings.HasPrefix(st.Ref, OwnRefPrefix) {
 			if err := s.Store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
-				return err
+				return fmt.Errorf("abort ingest %q: %w", st.Ref, err)
 			}
 			log.G(ctx).WithField("ref", st.Ref).Info("aborted an ingest left by a crash")
 		}
 	}
-	return s.removeBrokenIngests(ctx)
+	return errors.Join(s.removeBrokenIngests(ctx), s.dropOrphanLabels(ctx))
 }
 
 // removeBrokenIngests removes the ingest directories whose files a crash
-// left unreadable: no writer can resume them and no listing shows them.
+// left unreadable or incomplete (no data file: a writer killed before it
+// made it, or in Commit after moving it to blobs/): no writer can resume
+// them and no listing shows them. Only for the start, when no writer can be
+// between making the directory and its files.
 func (s *Store) removeBrokenIngests(ctx context.Context) error {
 	dir := filepath.Join(s.root, "ingest")
 	entries, err := os.ReadDir(dir)
@@ -278,21 +317,85 @@ func (s *Store) removeBrokenIngests(ctx context.Context) error {
 		if os.IsNotExist(err) {
 			return nil
 		}
-		return err
+		return fmt.Errorf("list ingests: %w", err)
 	}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
 		ref, err := os.ReadFile(filepath.Join(path, "ref"))
 		if err == nil && len(ref) > 0 && s.ingestPath(string(ref)) == path {
-			if _, err = s.Store.Status(ctx, string(ref)); err == nil || errdefs.IsNotFound(err) {
+			if _, err = s.Store.Status(ctx, string(ref)); err == nil {
 				continue
 			}
 		}
 		if err := os.RemoveAll(path); err != nil {
-			return err
+			return fmt.Errorf("remove broken ingest: %w", err)
 		}
-		log.G(ctx).WithError(err).WithField("path", path).Info("removed an ingest a crash left unreadable")
+		log.G(ctx).WithError(err).WithField("path", path).Info("removed an ingest a crash left unreadable or without data")
 	}
+	return nil
+}
+
+// removeDataless removes the ingest directory of ref if it has no data
+// file and no writer of this store has ref. No other process writes in
+// the root, and this store's writers make and remove the directory holding
+// their ref's lock; so, taking the lock, the directory is the remains of a
+// writer killed meanwhile, however young. Holding the lock also keeps a
+// writer for ref from starting while it goes (it is told to retry).
+func (s *Store) removeDataless(ctx context.Context, ref string) error {
+	if ref == "" || s.locks.tryLock(ref) != nil {
+		return nil // no ref a writer can have, or being written or committed
+	}
+	defer s.locks.unlock(ref)
+	path := s.ingestPath(ref)
+	if _, err := os.Lstat(filepath.Join(path, "data")); !errors.Is(err, os.ErrNotExist) {
+		return nil // has data (or cannot tell): not this function's
+	}
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil // committed or aborted meanwhile
+	}
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("remove ingest %q without data: %w", ref, err)
+	}
+	log.G(ctx).WithField("ref", ref).Info("removed an ingest without data")
+	return nil
+}
+
+// dropOrphanLabels drops the labels of blobs that are not there: Commit
+// writes a blob's labels before moving it in place, Delete drops them
+// after unlinking it, and a crash between leaves them, claiming the image
+// names and IDs among them for nobody.
+func (s *Store) dropOrphanLabels(ctx context.Context) error {
+	all, err := s.labels.All()
+	if err != nil {
+		return fmt.Errorf("list content labels: %w", err)
+	}
+	var errs []error
+	for dgst := range all {
+		p, err := s.blobPath(dgst)
+		if err != nil {
+			// Not a digest: no blob can ever be there.
+			p = ""
+		}
+		if err := s.dropLabelsIfMissing(ctx, dgst, p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dropLabelsIfMissing drops the labels of dgst if its blob (at p; "" for
+// none possible) is missing, under the blob's lock.
+func (s *Store) dropLabelsIfMissing(ctx context.Context, dgst digest.Digest, p string) error {
+	defer s.blobs.lock(dgst)()
+	if p != "" {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			return nil // there (or cannot tell): keep
+		}
+	}
+	if err := s.labels.Delete(dgst); err != nil {
+		return fmt.Errorf("drop labels of missing blob %s: %w", dgst, err)
+	}
+	log.G(ctx).WithField("digest", dgst).Info("dropped the labels of a blob a crash left missing")
 	return nil
 }
 
@@ -340,4 +443,42 @@ func referenced(labels map[string]string) string {
 		}
 	}
 	return ""
+}
+
+// digestLocks serializes the changes to one blob: its appearance (Commit),
+// its labels (Update) and its removal (Delete). The blob file and its
+// labels live apart (the file system, the database); the lock makes each
+// change of the pair whole to the others.
+type digestLocks struct {
+	mu sync.Mutex
+	m  map[digest.Digest]*digestLock
+}
+
+type digestLock struct {
+	sync.Mutex
+	users int // holders and waiters; the entry goes with the last
+}
+
+// lock locks dgst and returns the unlock.
+func (l *digestLocks) lock(dgst digest.Digest) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[digest.Digest]*digestLock{}
+	}
+	e := l.m[dgst]
+	if e == nil {
+		e = &digestLock{}
+		l.m[dgst] = e
+	}
+	e.users++
+	l.mu.Unlock()
+	e.Lock()
+	return func() {
+		e.Unlock()
+		l.mu.Lock()
+		if e.users--; e.users == 0 {
+			delete(l.m, dgst)
+		}
+		l.mu.Unlock()
+	}
 }

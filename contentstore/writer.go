@@ -359,8 +359,10 @@ func (w *writer) releaseBuf() {
 }
 
 // Commit makes the ingest the blob of its digest: one fsync of the data,
-// the rename, one fsync of the directory. The labels are checked against
-// containerd's limits first; a refusal leaves the writer open.
+// the labels, the rename, one fsync of the directory. The labels are
+// checked against containerd's limits first; a refusal leaves the writer
+// open. Labels refused later (an image name another blob holds) leave the
+// ingest to be resumed or aborted.
 func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
 	var base content.Info
 	for _, opt := range opts {
@@ -413,19 +415,31 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	ingest := filepath.Join(w.path, "data")
 	target, _ := w.s.blobPath(dgst) // computed here, so valid
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return err
+		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
+	// Delete (containerd's garbage collector) keeps a blob only if it has
+	// a reference label: it must not run between the labels and the
+	// rename, when they would be dropped for a blob about to appear.
+	defer w.s.blobs.lock(dgst)()
 	if _, err := os.Stat(target); err == nil {
 		if err := os.RemoveAll(w.path); err != nil {
 			log.G(ctx).WithError(err).WithField("ref", w.ref).Error("failed to remove ingest directory")
 		}
 		return fmt.Errorf("content %v: %w", dgst, errdefs.ErrAlreadyExists)
 	}
+	// The labels land before the blob: a crash between leaves labels
+	// without a blob, which AbortOwn drops at the next start, never a
+	// blob without the labels that keep it. Labels a crash left for this
+	// digest are replaced, not inherited.
+	if err := w.s.commitLabels(dgst, base.Labels); err != nil {
+		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
+	}
 	if err := os.Rename(ingest, target); err != nil {
-		return err
+		w.s.dropLabels(ctx, dgst, base.Labels)
+		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
 	if err := syncDir(filepath.Dir(target)); err != nil {
-		return err
+		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
 	if w.s.verity {
 		if err := enableVerity(target); err != nil {
@@ -442,16 +456,43 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if err := os.RemoveAll(w.path); err != nil {
 		log.G(ctx).WithError(err).WithField("ref", w.ref).Error("failed to remove ingest directory")
 	}
-	if base.Labels != nil {
-		if err := w.s.labels.Set(dgst, base.Labels); err != nil {
-			log.G(ctx).WithError(err).WithField("digest", dgst).Error("failed to set labels")
-		}
-	}
 	// Read-only from now on, within the creation umask.
 	if err := os.Chmod(target, (fi.Mode()&os.ModePerm)&^0o333); err != nil {
 		log.G(ctx).WithError(err).WithField("ref", w.ref).Error("failed to make readonly")
 	}
 	return nil
+}
+
+// commitLabels gives blob dgst, about to be committed, labels (nil for
+// none), dropping whatever labels a crash left for it. The caller holds
+// the blob's lock.
+func (s *Store) commitLabels(dgst digest.Digest, labels map[string]string) error {
+	if len(labels) == 0 {
+		// Most commits (all of containerd's) have none: a read, not a
+		// write transaction, unless a crash left some.
+		old, err := s.labels.Get(dgst)
+		if err != nil {
+			return fmt.Errorf("labels of %s: %w", dgst, err)
+		}
+		if old == nil {
+			return nil
+		}
+	}
+	if err := s.labels.Set(dgst, labels); err != nil {
+		return fmt.Errorf("set labels of %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// dropLabels undoes commitLabels after the blob failed to appear. Labels
+// left by a failure here are dropped at the next start.
+func (s *Store) dropLabels(ctx context.Context, dgst digest.Digest, labels map[string]string) {
+	if len(labels) == 0 {
+		return
+	}
+	if err := s.labels.Delete(dgst); err != nil {
+		log.G(ctx).WithError(err).WithField("digest", dgst).Error("failed to drop the labels of a blob not committed")
+	}
 }
 
 // Close leaves the ingest to be resumed: the data is synced and the update

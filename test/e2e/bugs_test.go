@@ -105,7 +105,7 @@ func TestBugSharedTarSplit(t *testing.T) {
 // service's), image records and big data. Usually within a few dozen
 // writes while GC runs.
 func TestBugGCDeletesFreshBlob(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	e.ExpectContainerdLog("failed to remove snapshot", "held by the cs store")
 	c := e.containerdClient(t)
@@ -243,7 +243,7 @@ func TestBugGCLeavesOwnIngests(t *testing.T) {
 // It stays through every gc and restart. The directory is made here as the
 // kill leaves it.
 func TestBugIngestWithoutData(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	e.StopDaemon()
 	ingests := filepath.Join(e.CSRoot, "content", "ingest")
@@ -293,7 +293,7 @@ func TestBugIngestWithoutData(t *testing.T) {
 // (CreateImage answers ErrDuplicateName), and no gc or restart clears it.
 // The blob is removed here as the kill leaves it.
 func TestBugDeleteLeavesLabels(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	open := func() storage.Store {
 		s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
