@@ -96,16 +96,34 @@ func (s *store) SetLayerBigData(id, key string, data io.Reader) error {
 	label := cslabels.BigDataPrefix + key
 	old := r.labels[label]
 	if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: r.key, Labels: map[string]string{label: dgst.String()}}, "labels."+label); err != nil {
-		if old != dgst.String() {
-			s.releaseBlob(dgst.String(), r.ID, bigDataRef(r.ID, key))
+		// Through the daemon's socket the answer can be lost after the
+		// update took effect: the layer may name the new blob already.
+		// Released then, it would be deleted under the layer.
+		landed, known := s.snapshotLabel(r.key, label, dgst.String())
+		if !landed {
+			if known && old != dgst.String() {
+				s.releaseBlob(dgst.String(), r.ID, bigDataRef(r.ID, key))
+			}
+			// Not known: the blob keeps its reference until gc finds no
+			// layer naming it.
+			if errdefs.IsInvalidArgument(err) {
+				return fmt.Errorf("big data key %q of layer %s is too long: %w: %w", key, r.ID, ErrInvalidBigDataName, err)
+			}
+			return mapErr(err)
 		}
-		if errdefs.IsInvalidArgument(err) {
-			return fmt.Errorf("big data key %q of layer %s is too long: %w: %w", key, r.ID, ErrInvalidBigDataName, err)
-		}
-		return mapErr(err)
 	}
 	if old != "" && old != dgst.String() {
 		s.releaseBlob(old, r.ID, bigDataRef(r.ID, key))
 	}
 	return nil
+}
+
+// snapshotLabel tells whether snapshot key has label = value (landed), as
+// far as it can be read (known).
+func (s *store) snapshotLabel(key, label, value string) (landed, known bool) {
+	info, err := s.sn.Stat(s.ctx, key)
+	if err != nil {
+		return false, errdefs.IsNotFound(err) // a layer gone names nothing
+	}
+	return info.Labels[label] == value, true
 }

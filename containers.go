@@ -624,10 +624,14 @@ func (s *store) SetContainerBigData(id, key string, data []byte) error {
 	old := c.layer.labels[label]
 	info := snapshots.Info{Name: c.layer.key, Labels: map[string]string{label: dgst.String(), sizeLabel: strconv.Itoa(len(data))}}
 	if _, err := s.sn.Update(s.ctx, info, "labels."+label, "labels."+sizeLabel); err != nil {
-		if old != dgst.String() {
-			s.releaseBlob(dgst.String(), refID, bigDataUse(key))
+		// As in SetLayerBigData: the update may have taken effect.
+		landed, known := s.snapshotLabel(c.layer.key, label, dgst.String())
+		if !landed {
+			if known && old != dgst.String() {
+				s.releaseBlob(dgst.String(), refID, bigDataUse(key))
+			}
+			return mapErr(fmt.Errorf("big data %q of container %s: %w", key, c.ID, err))
 		}
-		return mapErr(fmt.Errorf("big data %q of container %s: %w", key, c.ID, err))
 	}
 	if old != "" && old != dgst.String() {
 		s.releaseBlob(old, refID, bigDataUse(key))
