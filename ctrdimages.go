@@ -210,6 +210,10 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	}
 	var manifests, indexes []found
 	sizes := map[digest.Digest]int64{}
+	listed := make(map[digest.Digest]bool, len(infos))
+	for _, info := range infos {
+		listed[info.Digest] = true
+	}
 	for _, info := range infos {
 		b, err := s.classify(info)
 		if errdefs.IsNotFound(err) {
@@ -252,9 +256,16 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	byManifest := map[digest.Digest]*imageRecord{}
 	var list []*imageRecord
 	for _, m := range manifests {
+		// A config the walk did not see is not fetched yet, or already
+		// removed (containerd's garbage collector deletes an image's blobs
+		// one by one): no image, whether or not its config is cached.
+		// So every blob of a listed image was there when it was listed.
+		if !listed[m.blob.config.Digest] {
+			continue
+		}
 		cfg, err := s.readConfig(m.blob.config)
 		if errdefs.IsNotFound(err) {
-			continue // not fetched (yet)
+			continue // deleted since the walk
 		}
 		if err != nil {
 			return nil, fmt.Errorf("config %s of manifest %s: %w", m.blob.config.Digest, m.dgst, err)

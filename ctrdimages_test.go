@@ -3,15 +3,19 @@ package storage
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"sort"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -212,5 +216,134 @@ func TestContainerdImages(t *testing.T) {
 		if got, err := s.Image(id); err != nil || !got.ReadOnly {
 			t.Errorf("after Wipe: %+v, %v", got, err)
 		}
+	})
+}
+
+// ctrdSeq numbers the snapshots fakeCtrdImage makes, as containerd numbers
+// its keys "<namespace>/<n>/<chain ID>".
+var ctrdSeq int
+
+// fakeCtrdImage puts an image into the store's blobs and snapshots as
+// containerd's import does: one layer whose content names name (so each
+// image's digests are its own), its config, its manifest, and the chain
+// committed as "default/<n>/<chain ID>". It returns the image's ID and the
+// manifest's and config's descriptors.
+func fakeCtrdImage(t *testing.T, sn snapshots.Snapshotter, cs content.Store, name string) (string, v1.Descriptor, v1.Descriptor) {
+	t.Helper()
+	b := layerTar(t, []entry{{hdr: tar.Header{Name: "name", Typeflag: tar.TypeReg, Mode: 0o644}, body: name}})
+	layer := putBlob(t, cs, v1.MediaTypeImageLayer, b)
+	diffIDs := []digest.Digest{digest.FromBytes(b)}
+	cfg, _ := json.Marshal(v1.Image{Platform: platforms.DefaultSpec(), RootFS: v1.RootFS{Type: "layers", DiffIDs: diffIDs}})
+	cfgDesc := putBlob(t, cs, v1.MediaTypeImageConfig, cfg)
+	man, _ := json.Marshal(v1.Manifest{Versioned: ocispec.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest, Config: cfgDesc, Layers: []v1.Descriptor{layer}})
+	manDesc := putBlob(t, cs, v1.MediaTypeImageManifest, man)
+	chain := identity.ChainIDs(diffIDs)
+	ctrdSeq++
+	extract := fmt.Sprintf("default/%d/extract-%s", ctrdSeq, chain[0].Encoded())
+	if _, err := sn.Prepare(testCtx, extract, ""); err != nil {
+		t.Fatal(err)
+	}
+	ctrdSeq++
+	if err := sn.Commit(testCtx, fmt.Sprintf("default/%d/%s", ctrdSeq, chain[0]), extract); err != nil {
+		t.Fatal(err)
+	}
+	return cfgDesc.Digest.Encoded(), manDesc, cfgDesc
+}
+
+// vanishingReads is a content store whose blobs in gone are deleted
+// between the caller's ReaderAt and its reads: their reads answer
+// NotFound, as a blob containerd's garbage collector removed meanwhile
+// answers through the daemon's socket.
+type vanishingReads struct {
+	content.Store
+	gone map[digest.Digest]bool
+}
+
+func (v vanishingReads) ReaderAt(ctx context.Context, desc v1.Descriptor) (content.ReaderAt, error) {
+	ra, err := v.Store.ReaderAt(ctx, desc)
+	if err != nil || !v.gone[desc.Digest] {
+		return ra, err
+	}
+	return vanishedReader{ra}, nil
+}
+
+type vanishedReader struct{ content.ReaderAt }
+
+func (vanishedReader) ReadAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("content gone: %w", errdefs.ErrNotFound)
+}
+
+// TestContainerdImagesVanishing: containerd's garbage collector deletes an
+// image's blobs one by one while the store lists them. A blob deleted since
+// the content walk, or while it is read, leaves its image out of the
+// listing instead of failing it; a manifest whose config was deleted is no
+// image even when the config was read (and cached) before. The store's own
+// images, and containerd's intact ones, are listed as ever.
+func TestContainerdImagesVanishing(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		st := s.(*store)
+		prefix := t.Name() + "-" + newID()[:8] + "-" // digests no earlier listing cached
+		keep, _, _ := fakeCtrdImage(t, sn, cs, prefix+"keep")
+		cfgGone, _, cfgDesc := fakeCtrdImage(t, sn, cs, prefix+"config-deleted")
+		_, own := imageOn(t, s, prefix+"own")
+
+		// A listing caches what these images' blobs are; then one config
+		// goes.
+		imgs, err := s.Images()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(imgs) != 3 {
+			t.Fatalf("Images before anything goes: %d images, want 3: %+v", len(imgs), imgs)
+		}
+		if err := cs.Delete(testCtx, cfgDesc.Digest); err != nil {
+			t.Fatal(err)
+		}
+		// Two images no listing has read yet: the next listing's walk sees
+		// them, then one manifest goes before it is read, the other while
+		// it is read.
+		walkedGone, walkedMan, _ := fakeCtrdImage(t, sn, cs, prefix+"deleted-after-walk")
+		readGone, readMan, _ := fakeCtrdImage(t, sn, cs, prefix+"deleted-while-read")
+		var infos []content.Info
+		if err := cs.Walk(testCtx, func(info content.Info) error {
+			infos = append(infos, info)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.Delete(testCtx, walkedMan.Digest); err != nil {
+			t.Fatal(err)
+		}
+		racing := *st
+		racing.cs = vanishingReads{Store: st.cs, gone: map[digest.Digest]bool{readMan.Digest: true}}
+		list, err := racing.ctrdImages(infos)
+		if err != nil {
+			t.Fatalf("listing containerd's images while their blobs go: %v", err)
+		}
+		var ids []string
+		for _, r := range list {
+			ids = append(ids, r.ID)
+		}
+		if !reflect.DeepEqual(ids, []string{keep}) {
+			t.Errorf("containerd's images listed: %v, want only %s (not %s, %s, %s)", ids, keep, walkedGone, readGone, cfgGone)
+		}
+
+		// Through the whole store: the intact images, nothing failing.
+		imgs, err = s.Images()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []string
+		for _, img := range imgs {
+			all = append(all, img.ID)
+		}
+		sort.Strings(all)
+		want := []string{keep, readGone, own.ID} // readGone's manifest is still there
+		sort.Strings(want)
+		if !reflect.DeepEqual(all, want) {
+			t.Errorf("Images: %v, want %v", all, want)
+		}
+		there(t, s, keep, own.ID, own.TopLayer)
+		wantClean(t, s, CheckMost(), "after containerd's blobs went")
 	})
 }

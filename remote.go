@@ -6,6 +6,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/status"
 )
 
 // nativeReads gives reads of a remote content store errdefs errors:
@@ -19,7 +20,7 @@ type nativeReads struct {
 func (n nativeReads) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
 	ra, err := n.Store.ReaderAt(ctx, desc)
 	if err != nil {
-		return nil, errgrpc.ToNative(err)
+		return nil, toNative(err)
 	}
 	return nativeReaderAt{ra}, nil
 }
@@ -30,8 +31,15 @@ type nativeReaderAt struct {
 
 func (r nativeReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	n, err := r.ReaderAt.ReadAt(p, off)
-	if err != nil {
-		err = errgrpc.ToNative(err)
+	return n, toNative(err)
+}
+
+// toNative converts a gRPC status error into its errdefs error, and leaves
+// any other alone: converting one the proxy converted already (ReaderAt's,
+// from its Info call) would make it Unknown, a NotFound among them.
+func toNative(err error) error {
+	if _, isGRPC := status.FromError(err); !isGRPC {
+		return err
 	}
-	return n, err
+	return errgrpc.ToNative(err)
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"testing"
 
@@ -33,5 +34,26 @@ func TestNativeReads(t *testing.T) {
 	_, err := content.ReadBlob(context.Background(), cs, ocispec.Descriptor{Size: 1})
 	if !errdefs.IsNotFound(err) {
 		t.Errorf("ReadAt's gRPC NotFound reads as %v", err)
+	}
+}
+
+type nativeMissingStore struct{ content.Store }
+
+func (nativeMissingStore) ReaderAt(context.Context, ocispec.Descriptor) (content.ReaderAt, error) {
+	return nil, fmt.Errorf("content sha256:x: %w", errdefs.ErrNotFound)
+}
+
+// TestNativeReadsConvertOnce: an error the proxy converted already (its
+// ReaderAt asks Info first, and answers Info's error converted) stays what
+// it is: NotFound, not the Unknown a second conversion makes of it, so a
+// blob deleted since the walk is skipped by the listings.
+func TestNativeReadsConvertOnce(t *testing.T) {
+	cs := nativeReads{nativeMissingStore{}}
+	_, err := cs.ReaderAt(context.Background(), ocispec.Descriptor{Size: 1})
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("ReaderAt's NotFound reads as %v", err)
+	}
+	if err := toNative(nil); err != nil {
+		t.Errorf("toNative(nil) = %v", err)
 	}
 }
