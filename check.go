@@ -162,7 +162,10 @@ type checkIgnore struct {
 }
 
 // Check reports what is wrong in the store as a whole. It reads every
-// layer's diff (and mounts every layer), so it can take long.
+// layer's diff (and mounts every layer), so it can take long, and others
+// (containerd, other clients of the daemon) change the store meanwhile: a
+// problem is reported only if a second look finds it still there. The
+// containers a store opened through containerd made are left to it.
 func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 	if options == nil {
 		options = CheckMost()
@@ -294,6 +297,16 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 		report.layerOrder[id] = i + 1
 	}
 
+	// What Check found so far may be a change made since its listing
+	// rather than damage: containerd imports and removes its images and
+	// snapshots whenever it likes, and other clients of the daemon create
+	// and delete. A problem is reported only if a second look finds it
+	// still there.
+	recheck := &checkNow{s: s}
+	if err := recheck.dropVanishedLayers(&report, idx); err != nil {
+		return CheckReport{}, err
+	}
+
 	// Images: their big data, and the layers beneath their top layer, whose
 	// problems are the image's too.
 	images, err := s.loadImages()
@@ -307,21 +320,20 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 			continue
 		}
 		examined[id] = true
-		desc, add := "", func(err error) { report.Images[id] = append(report.Images[id], err) }
+		desc, reports := "", report.Images
 		if img.ReadOnly {
-			desc, add = "read-only ", func(err error) { report.ROImages[id] = append(report.ROImages[id], err) }
+			desc, reports = "read-only ", report.ROImages
 		}
+		var dataErrs []error
 		if options.ImageData {
-			for _, key := range img.BigDataNames {
-				size, ok := img.BigDataSizes[key]
-				if !ok {
-					size = -1
-				}
-				if err := s.checkBlob(digest.Digest(img.labels[cslabels.ImageBigDataPrefix+key]), size, ErrImageDataMissing, ErrImageDataIncorrectSize, ErrImageDataIncorrectDigest); err != nil {
-					add(fmt.Errorf("%simage %s: data item %q: %w", desc, id, key, err))
-				}
-			}
+			dataErrs = s.checkImageData(img, desc)
 		}
+		// The chain: a layer not listed, or the problems of one that is.
+		type link struct {
+			missing string
+			errs    []error
+		}
+		var chain []link
 		seen := map[string]bool{}
 		for layer := img.TopLayer; layer != "" && !seen[layer]; layer = report.layerParentsByLayerID[layer] {
 			seen[layer] = true
@@ -333,14 +345,52 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 			case ro:
 				referencedRO[layer] = true
 			default:
-				add(fmt.Errorf("%simage %s: %w", desc, id, fmt.Errorf("layer %s: %w", layer, ErrImageLayerMissing)))
+				chain = append(chain, link{missing: layer})
 			}
-			for _, err := range report.Layers[layer] {
-				add(err)
+			if errs := append(append([]error(nil), report.Layers[layer]...), report.ROLayers[layer]...); len(errs) > 0 {
+				chain = append(chain, link{errs: errs})
 			}
-			for _, err := range report.ROLayers[layer] {
-				add(err)
+		}
+		if len(dataErrs) == 0 && len(chain) == 0 {
+			continue
+		}
+		// Still there? An image that went meanwhile has no problems; one
+		// still there is asked again about its data, and a layer it
+		// misses must still be missing.
+		fresh, err := recheck.image(id)
+		if err != nil {
+			return CheckReport{}, err
+		}
+		if fresh == nil {
+			continue
+		}
+		if len(dataErrs) > 0 {
+			dataErrs = s.checkImageData(fresh, desc)
+			if fresh.ReadOnly {
+				// containerd's images are listed only with all their
+				// blobs there (ctrdImages), so one missing now went
+				// after this image was listed: containerd is removing
+				// it (or removed it and imported it again).
+				dataErrs = withoutErr(dataErrs, ErrImageDataMissing)
 			}
+		}
+		var errs []error
+		errs = append(errs, dataErrs...)
+		for _, l := range chain {
+			if l.missing == "" {
+				errs = append(errs, l.errs...)
+				continue
+			}
+			there, err := recheck.layerExists(l.missing)
+			if err != nil {
+				return CheckReport{}, err
+			}
+			if !there {
+				errs = append(errs, fmt.Errorf("%simage %s: %w", desc, id, fmt.Errorf("layer %s: %w", l.missing, ErrImageLayerMissing)))
+			}
+		}
+		if len(errs) > 0 {
+			reports[id] = append(reports[id], errs...)
 		}
 	}
 
@@ -350,55 +400,298 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 	}
 	for _, c := range idx.containers {
 		id := c.ID
-		add := func(err error) { report.Containers[id] = append(report.Containers[id], err) }
-		if options.ContainerData {
-			for _, key := range c.BigDataNames {
-				size, ok := c.BigDataSizes[key]
-				if !ok {
-					size = -1
-				}
-				if err := s.checkBlob(c.BigDataDigests[key], size, ErrContainerDataMissing, ErrContainerDataIncorrectSize, ErrContainerDataIncorrectDigest); err != nil {
-					add(fmt.Errorf("container %s: data item %q: %w", id, key, err))
-				}
-			}
-		}
-		if c.ImageID != "" {
-			if !examined[c.ImageID] {
-				add(fmt.Errorf("image %s: %w", c.ImageID, ErrContainerImageMissing))
-			}
-			for _, err := range report.Images[c.ImageID] {
-				add(err)
-			}
-			for _, err := range report.ROImages[c.ImageID] {
-				add(err)
-			}
-		}
-		// The container lives on its layer: a damaged one is the
-		// container's damage too (containers/storage leaves this out, and
-		// its Repair then fails on the layer).
-		if c.layer.owned {
-			for _, err := range report.Layers[c.LayerID] {
-				add(err)
-			}
-		}
 		if c.layer.owned {
 			referenced[c.LayerID] = true
 		} else {
 			referencedRO[c.LayerID] = true
 		}
+		if madeElsewhere(c) {
+			continue
+		}
+		var dataErrs []error
+		if options.ContainerData {
+			dataErrs = s.checkContainerData(c)
+		}
+		imageMissing := c.ImageID != "" && !examined[c.ImageID]
+		var inherited []error
+		if c.ImageID != "" {
+			inherited = append(inherited, report.Images[c.ImageID]...)
+			inherited = append(inherited, report.ROImages[c.ImageID]...)
+		}
+		// The container lives on its layer: a damaged one is the
+		// container's damage too (containers/storage leaves this out, and
+		// its Repair then fails on the layer).
+		if c.layer.owned {
+			inherited = append(inherited, report.Layers[c.LayerID]...)
+		}
+		if len(dataErrs) == 0 && !imageMissing && len(inherited) == 0 {
+			continue
+		}
+		// Still there, and still this container? Its data is asked
+		// again, and its image must still be missing.
+		fresh, err := recheck.container(c)
+		if err != nil {
+			return CheckReport{}, err
+		}
+		if fresh == nil {
+			continue
+		}
+		var errs []error
+		if len(dataErrs) > 0 {
+			errs = append(errs, s.checkContainerData(fresh)...)
+		}
+		if imageMissing {
+			there, err := recheck.imageExists(c.ImageID)
+			if err != nil {
+				return CheckReport{}, err
+			}
+			if !there {
+				errs = append(errs, fmt.Errorf("image %s: %w", c.ImageID, ErrContainerImageMissing))
+			}
+		}
+		errs = append(errs, inherited...)
+		if len(errs) > 0 {
+			report.Containers[id] = append(report.Containers[id], errs...)
+		}
 	}
 
 	// Read-write layers nothing uses, old enough not to be an image being
-	// put together.
+	// put together, and still unused when asked again.
+	var unused []*layerRecord
 	for _, r := range idx.list {
 		if !r.owned || busy[r.ID] || referenced[r.ID] {
 			continue
 		}
 		if r.Created.IsZero() || now.Sub(r.Created) > maxAge {
+			unused = append(unused, r)
+		}
+	}
+	if len(unused) > 0 {
+		used, err := recheck.usedLayers()
+		if err != nil {
+			return CheckReport{}, err
+		}
+		for _, r := range unused {
+			if _, ok := used[r.ID]; !ok || used[r.ID] {
+				continue // gone, or used since
+			}
 			report.Layers[r.ID] = append(report.Layers[r.ID], fmt.Errorf("layer %s: %w", r.ID, ErrLayerUnreferenced))
 		}
 	}
 	return report, nil
+}
+
+// checkImageData checks the big data items of image img.
+func (s *store) checkImageData(img *imageRecord, desc string) []error {
+	var errs []error
+	for _, key := range img.BigDataNames {
+		size, ok := img.BigDataSizes[key]
+		if !ok {
+			size = -1
+		}
+		if err := s.checkBlob(digest.Digest(img.labels[cslabels.ImageBigDataPrefix+key]), size, ErrImageDataMissing, ErrImageDataIncorrectSize, ErrImageDataIncorrectDigest); err != nil {
+			errs = append(errs, fmt.Errorf("%simage %s: data item %q: %w", desc, img.ID, key, err))
+		}
+	}
+	return errs
+}
+
+// checkContainerData checks the big data items of container c.
+func (s *store) checkContainerData(c *containerRecord) []error {
+	var errs []error
+	for _, key := range c.BigDataNames {
+		size, ok := c.BigDataSizes[key]
+		if !ok {
+			size = -1
+		}
+		if err := s.checkBlob(c.BigDataDigests[key], size, ErrContainerDataMissing, ErrContainerDataIncorrectSize, ErrContainerDataIncorrectDigest); err != nil {
+			errs = append(errs, fmt.Errorf("container %s: data item %q: %w", c.ID, key, err))
+		}
+	}
+	return errs
+}
+
+// madeElsewhere tells whether container c is one a store opened through
+// containerd (StoreOptions.ContainerdAddress) made: its layer carries
+// cslabels.Made, which containerd passes on to the daemon, but not the
+// ownership label this store holds its own by. Its record and its image
+// live in a containerd namespace, whose content labels containerd keeps to
+// itself, so this store cannot see its image: it is that store's to check
+// and repair, not this one's, as containers/storage reports damage only of
+// what it owns. (Opened through containerd, the store sees Made as its own
+// mark: such a container is owned there.)
+func madeElsewhere(c *containerRecord) bool {
+	return !c.layer.owned && c.layer.labels[cslabels.Made] != ""
+}
+
+// checkNow is Check's second look at the store, for the problems its first
+// found: the snapshots and listings as they are now, each read when first
+// needed and once.
+type checkNow struct {
+	s      *store
+	layers *layerIndex
+	images *imageIndex
+}
+
+func (n *checkNow) layerIndex() (*layerIndex, error) {
+	if n.layers == nil {
+		idx, err := n.s.load()
+		if err != nil {
+			return nil, err
+		}
+		n.layers = idx
+	}
+	return n.layers, nil
+}
+
+func (n *checkNow) imageIndex() (*imageIndex, error) {
+	if n.images == nil {
+		idx, err := n.s.loadImages()
+		if err != nil {
+			return nil, err
+		}
+		n.images = idx
+	}
+	return n.images, nil
+}
+
+// snapshot returns snapshot key as it is now; false if it is gone.
+func (n *checkNow) snapshot(key string) (snapshots.Info, bool, error) {
+	info, err := n.s.sn.Stat(n.s.ctx, key)
+	if errdefs.IsNotFound(err) {
+		return snapshots.Info{}, false, nil
+	}
+	if err != nil {
+		return snapshots.Info{}, false, fmt.Errorf("snapshot %s: %w", key, err)
+	}
+	return info, true, nil
+}
+
+// layerExists tells whether a layer with ID id exists now.
+func (n *checkNow) layerExists(id string) (bool, error) {
+	idx, err := n.layerIndex()
+	if err != nil {
+		return false, err
+	}
+	_, ok := idx.byID[id]
+	return ok, nil
+}
+
+// image returns the image with ID id as it is now; nil if there is none.
+func (n *checkNow) image(id string) (*imageRecord, error) {
+	idx, err := n.imageIndex()
+	if err != nil {
+		return nil, err
+	}
+	return idx.byID[id], nil
+}
+
+func (n *checkNow) imageExists(id string) (bool, error) {
+	img, err := n.image(id)
+	return img != nil, err
+}
+
+// container returns container c as it is now, read from its layer's
+// snapshot; nil if the snapshot is gone or holds another container or
+// none.
+func (n *checkNow) container(c *containerRecord) (*containerRecord, error) {
+	info, ok, err := n.snapshot(c.layer.key)
+	if err != nil || !ok {
+		return nil, err
+	}
+	now := containerFromLayer(recordFromInfo(info))
+	if now == nil || now.ID != c.ID {
+		return nil, nil
+	}
+	return now, nil
+}
+
+// dropVanishedLayers drops from report the layers whose snapshot has gone
+// since it was listed (their problems were those of a layer being
+// removed: a view that cannot be made, a tar-split already released, files
+// going while they are read) and the incomplete-layer problems of layers
+// finished since.
+func (n *checkNow) dropVanishedLayers(report *CheckReport, idx *layerIndex) error {
+	for _, m := range []map[string][]error{report.Layers, report.ROLayers} {
+		for id, errs := range m {
+			key := incompletePrefix + id
+			if r, ok := idx.byID[id]; ok && !hasErr(errs, ErrLayerUnaccounted) {
+				key = r.key
+			}
+			info, ok, err := n.snapshot(key)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				delete(m, id)
+				delete(report.layerOrder, id)
+				continue
+			}
+			if info.Labels[cslabels.Incomplete] != "" {
+				continue
+			}
+			kept := withoutErr(errs, ErrLayerIncomplete)
+			if len(kept) == 0 {
+				delete(m, id)
+			} else {
+				m[id] = kept
+			}
+		}
+	}
+	return nil
+}
+
+// usedLayers returns every layer there is now, true for those an image's
+// chain or a container uses.
+func (n *checkNow) usedLayers() (map[string]bool, error) {
+	layers, err := n.layerIndex()
+	if err != nil {
+		return nil, err
+	}
+	images, err := n.imageIndex()
+	if err != nil {
+		return nil, err
+	}
+	used := make(map[string]bool, len(layers.list))
+	for _, r := range layers.list {
+		used[r.ID] = false
+	}
+	for _, img := range images.list {
+		for l := img.TopLayer; l != ""; {
+			r, ok := layers.byID[l]
+			if !ok || used[l] {
+				break
+			}
+			used[l] = true
+			l = r.Parent
+		}
+	}
+	for _, c := range layers.containers {
+		if _, ok := used[c.LayerID]; ok {
+			used[c.LayerID] = true
+		}
+	}
+	return used, nil
+}
+
+// withoutErr returns errs but those that are target.
+func withoutErr(errs []error, target error) []error {
+	var kept []error
+	for _, err := range errs {
+		if !errors.Is(err, target) {
+			kept = append(kept, err)
+		}
+	}
+	return kept
+}
+
+func hasErr(errs []error, target error) bool {
+	for _, err := range errs {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 func roDesc(r *layerRecord) string {
@@ -1070,16 +1363,67 @@ var staleAfter = 10 * time.Minute
 // GarbageCollect removes what nothing references any more: the
 // directories of containers that are gone, layers left incomplete by a
 // process that died, views and mount snapshots whose reader or mount is
-// gone (and mount counts of mounts that are gone), and blobs whose every
+// gone (and mount counts of mounts that are gone), blobs whose every
 // reference (cs.ref.* label) names a layer, image or container that no
-// longer uses them. It goes on after an error and returns them all.
+// longer uses them, and the store's own ingests nobody writes any more. It
+// goes on after an error and returns them all.
 func (s *store) GarbageCollect() error {
 	return errors.Join(
 		s.gcContainerDirs(),
 		s.gcIncomplete(),
 		s.gcViews(),
 		s.gcBlobs(),
+		// Last, so gcIncomplete judges a layer's writer by its ingests as
+		// it always does.
+		s.gcIngests(),
 	)
+}
+
+// gcIngests aborts the ingests the store and the daemon write for
+// themselves (refs beginning with contentstore.OwnRefPrefix: tar-splits,
+// diffs, big data, image records) that nobody writes any more: what a
+// client killed while it wrote leaves. containerd's garbage collector never
+// sees them (the daemon leaves them out of its listings), and the daemon
+// aborts them only when it starts.
+//
+// Whether an ingest is still written is asked of the ingest, not guessed
+// from its age. An ingest has one writer at a time, so opening a writer on
+// it fails (Unavailable) while its writer lives: in the daemon, a remote
+// client's writer lasts as long as its connection, however long the client
+// stalls between writes, so no age would be safe (an in-progress write of a
+// live client idle for longer would be aborted), and none is needed. An
+// ingest whose writer opens is nobody's: none of the store's or the
+// daemon's writers resumes an ingest (each starts its ref afresh), so what
+// it holds would never be used; it is aborted while that writer holds it,
+// so no other can start on it in between, and a writer that asks for the
+// ref meanwhile (content.OpenWriter waits for a busy ref) then starts it
+// afresh. Opening the writer reads the ingest's data through once (to
+// digest it, as a resumed ingest is): the price of a leftover, paid once.
+func (s *store) gcIngests() error {
+	statuses, err := s.cs.ListStatuses(s.ctx, contentstore.OwnIngests)
+	if err != nil {
+		return fmt.Errorf("list ingests: %w", err)
+	}
+	var errs []error
+	for _, st := range statuses {
+		if !strings.HasPrefix(st.Ref, contentstore.OwnRefPrefix) {
+			continue // a store that lists what it was not asked for
+		}
+		w, err := s.cs.Writer(s.ctx, content.WithRef(st.Ref))
+		if errdefs.IsUnavailable(err) {
+			continue // being written
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ingest %s: %w", st.Ref, err))
+			continue
+		}
+		err = s.cs.Abort(s.ctx, st.Ref)
+		w.Close() // of an ingest that is gone: nothing to keep
+		if err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("abort ingest %s: %w", st.Ref, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // isContainerDirName tells whether name looks like the directory of a

@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
@@ -950,5 +951,352 @@ func TestGarbageCollect(t *testing.T) {
 			}
 		}
 		wantClean(t, s, CheckEverything(), "after collecting")
+	})
+}
+
+// TestGarbageCollectIngests: GarbageCollect aborts the store's own ingests
+// nobody writes any more (what a client killed while it wrote leaves),
+// however recent, and never one whose writer is open, however long it has
+// been idle; containerd's ingests are left to containerd. The store stays
+// intact, and the ref of an aborted ingest can be written again.
+func TestGarbageCollectIngests(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		l, img := imageOn(t, s, "ingests")
+		c, err := s.CreateContainer("", nil, img.ID, "", "", &ContainerOptions{BigData: []ContainerBigDataOption{{Key: "k", Data: []byte("container item")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The store's own content store: through the daemon, a writer
+		// lives in the daemon as long as this client's stream does.
+		scs := s.(*store).cs
+		dead := "cs.bigdata." + l.ID + "." + digest.FromString("k").Encoded()
+		w, err := scs.Writer(testCtx, content.WithRef(dead))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(bytes.Repeat([]byte("x"), 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // the client is gone
+		live := "cs.bigdata." + l.ID + ".live"
+		lw, err := scs.Writer(testCtx, content.WithRef(live))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lw.Close()
+		half := bytes.Repeat([]byte("half of it, "), 1<<15) // written through to the file
+		if _, err := lw.Write(half); err != nil {
+			t.Fatal(err)
+		}
+		// containerd's ingest (through containerd its refs begin with the
+		// namespace), and one of a client of the socket.
+		var theirs []string
+		for _, ref := range []string{"default-7-layer-sha256:" + strings.Repeat("a", 64), "pull-1"} {
+			w, err := cs.Writer(testCtx, content.WithRef(ref))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write([]byte("partial"))
+			w.Close()
+			theirs = append(theirs, ref)
+		}
+		before := storeState(t, s, cs)
+
+		// An hour idle, as far as the live ingest's files say.
+		if st, err := cs.Status(testCtx, live); err != nil || st.Offset == 0 {
+			t.Fatalf("live ingest: %+v, %v", st, err)
+		}
+		old := time.Now().Add(-time.Hour)
+		filepath.Walk(filepath.Join(s.GraphRoot(), "content", "ingest"), func(p string, _ os.FileInfo, err error) error {
+			if err == nil {
+				os.Chtimes(p, old, old)
+			}
+			return nil
+		})
+		if err := s.GarbageCollect(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.Status(testCtx, dead); !errdefs.IsNotFound(err) {
+			t.Errorf("the ingest of a client that is gone survived: %v", err)
+		}
+		if _, err := cs.Status(testCtx, live); err != nil {
+			t.Errorf("the ingest of a live writer was aborted: %v", err)
+		}
+		for _, ref := range theirs {
+			if _, err := cs.Status(testCtx, ref); err != nil {
+				t.Errorf("ingest %s, not the store's, was aborted: %v", ref, err)
+			}
+		}
+		if after := storeState(t, s, cs); after != before {
+			t.Errorf("GarbageCollect changed the store:\nbefore %s\nafter  %s", before, after)
+		}
+
+		// The live writer goes on; the dead ingest's ref works again.
+		if _, err := lw.Write([]byte("and the rest")); err != nil {
+			t.Fatal(err)
+		}
+		want := digest.FromBytes(append(half, "and the rest"...))
+		if err := lw.Commit(testCtx, 0, want); err != nil {
+			t.Fatalf("Commit of the live ingest: %v", err)
+		}
+		if !blobExists(cs, want) {
+			t.Error("the live ingest's blob is missing")
+		}
+		if err := s.SetLayerBigData(l.ID, "k", strings.NewReader("layer item")); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := s.LayerBigData(l.ID, "k"); err != nil {
+			t.Error(err)
+		} else {
+			r.Close()
+		}
+		// A second pass finds nothing of the store's to abort.
+		if err := s.GarbageCollect(); err != nil {
+			t.Fatal(err)
+		}
+		st, err := scs.ListStatuses(testCtx, contentstore.OwnIngests)
+		if err != nil || len(st) != 0 {
+			t.Errorf("own ingests after GarbageCollect: %+v, %v", st, err)
+		}
+		there(t, s, l.ID, img.ID, c.ID)
+		wantClean(t, s, CheckEverything(), "after collecting ingests")
+	})
+}
+
+// racingSnapshots runs after once its first Walk is done: a change made
+// between Check's listing of the layers and what it does next.
+type racingSnapshots struct {
+	snapshots.Snapshotter
+	after func()
+}
+
+func (r *racingSnapshots) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
+	err := r.Snapshotter.Walk(ctx, fn, filters...)
+	if r.after != nil {
+		after := r.after
+		r.after = nil
+		after()
+	}
+	return err
+}
+
+// racingContent runs after once its first Walk is done: a change made
+// between Check's listing of the images and what it does next.
+type racingContent struct {
+	content.Store
+	after func()
+}
+
+func (r *racingContent) Walk(ctx context.Context, fn content.WalkFunc, filters ...string) error {
+	err := r.Store.Walk(ctx, fn, filters...)
+	if r.after != nil {
+		after := r.after
+		r.after = nil
+		after()
+	}
+	return err
+}
+
+// TestCheckRaces: what changes while Check runs (containerd removing its
+// images and snapshots, other clients of the daemon creating and deleting)
+// is no damage: a layer, image or container that went after Check listed
+// it, or that appeared or came into use after, is not reported; damage that
+// is still there when Check looks again is.
+func TestCheckRaces(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		st := s.(*store)
+		// check runs Check on the store with after run once the layers
+		// (snapAfter) or the images (contentAfter) are listed.
+		check := func(opts *CheckOptions, snapAfter, contentAfter func()) CheckReport {
+			t.Helper()
+			racing := *st
+			racing.sn = &racingSnapshots{Snapshotter: st.sn, after: snapAfter}
+			racing.cs = &racingContent{Store: st.cs, after: contentAfter}
+			r, err := racing.Check(opts)
+			if err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			return r
+		}
+		keep, keepImg := imageOn(t, s, "keep")
+
+		t.Run("containerd's layer removed", func(t *testing.T) {
+			key := "default/3/sha256:" + strings.Repeat("3", 64)
+			if _, err := sn.Prepare(testCtx, "default/2/extract", ""); err != nil {
+				t.Fatal(err)
+			}
+			// A digest no diff of it has: damage, were it still there.
+			if err := sn.Commit(testCtx, key, "default/2/extract", snapshots.WithLabels(map[string]string{
+				cslabels.UncompressedDigest: digest.FromString("not it").String(),
+			})); err != nil {
+				t.Fatal(err)
+			}
+			r := check(CheckEverything(), func() {
+				if err := sn.Remove(testCtx, key); err != nil {
+					t.Error(err)
+				}
+			}, nil)
+			if e := reportErrors(r); e != "" {
+				t.Errorf("a layer removed after the listing is reported:\n%s", e)
+			}
+		})
+
+		t.Run("image made after the layers were listed", func(t *testing.T) {
+			var late *Image
+			r := check(CheckEverything(), func() { _, late = imageOn(t, s, "late") }, nil)
+			if e := reportErrors(r); e != "" {
+				t.Errorf("an image made meanwhile is reported:\n%s", e)
+			}
+			there(t, s, late.ID, late.TopLayer)
+		})
+
+		t.Run("container and image deleted after the layers were listed", func(t *testing.T) {
+			l, img := imageOn(t, s, "leaving")
+			c, err := s.CreateContainer("", nil, img.ID, "", "", &ContainerOptions{BigData: []ContainerBigDataOption{{Key: "k", Data: []byte("leaving item")}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := check(CheckEverything(), func() {
+				if err := s.DeleteContainer(c.ID); err != nil {
+					t.Error(err)
+				}
+				if _, err := s.DeleteImage(img.ID, true); err != nil {
+					t.Error(err)
+				}
+			}, nil)
+			if e := reportErrors(r); e != "" {
+				t.Errorf("a container, image and layer deleted meanwhile are reported:\n%s", e)
+			}
+			gone(t, s, c.ID, img.ID, l.ID)
+		})
+
+		t.Run("image deleted after the images were listed", func(t *testing.T) {
+			l, img := imageOn(t, s, "going")
+			r := check(CheckEverything(), nil, func() {
+				if _, err := s.DeleteImage(img.ID, true); err != nil {
+					t.Error(err)
+				}
+			})
+			if e := reportErrors(r); e != "" {
+				t.Errorf("an image deleted meanwhile is reported:\n%s", e)
+			}
+			gone(t, s, img.ID, l.ID)
+		})
+
+		t.Run("old layer used after the images were listed", func(t *testing.T) {
+			used, _, err := s.PutLayer("", "", []string{"soon-used"}, "", false, nil, bytes.NewReader(uniqueTar(t, "soon-used")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			unused, _, err := s.PutLayer("", "", []string{"unused"}, "", false, nil, bytes.NewReader(uniqueTar(t, "unused")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			age := time.Duration(0)
+			opts := CheckMost()
+			opts.LayerUnreferencedMaximumAge = &age
+			var img *Image
+			r := check(opts, nil, func() {
+				if img, err = s.CreateImage("", nil, used.ID, "", nil); err != nil {
+					t.Error(err)
+				}
+			})
+			if _, ok := r.Layers[used.ID]; ok {
+				t.Errorf("a layer an image was made on meanwhile is reported: %v", r.Layers[used.ID])
+			}
+			wantReported(t, r.Layers[unused.ID], ErrLayerUnreferenced, "a layer nothing uses")
+			if len(r.Layers) != 1 || len(r.Images) != 0 || len(r.Containers) != 0 {
+				t.Errorf("report names more:\n%s", reportErrors(r))
+			}
+			if errs := s.Repair(r, RepairEverything()); len(errs) != 0 {
+				t.Errorf("Repair: %v", errs)
+			}
+			gone(t, s, unused.ID)
+			there(t, s, used.ID, img.ID)
+		})
+
+		t.Run("damage still there is reported", func(t *testing.T) {
+			l, img := imageOn(t, s, "broken")
+			removeBehindBack(t, sn, l.ID)
+			// Something else changes meanwhile too.
+			r := check(CheckMost(), func() { imageOn(t, s, "bystander") }, nil)
+			wantReported(t, r.Images[img.ID], ErrImageLayerMissing, "image")
+			if len(r.Images) != 1 || len(r.Layers) != 0 || len(r.Containers) != 0 {
+				t.Errorf("report names more:\n%s", reportErrors(r))
+			}
+			if errs := s.Repair(r, RepairEverything()); len(errs) != 0 {
+				t.Errorf("Repair: %v", errs)
+			}
+			gone(t, s, img.ID)
+		})
+
+		there(t, s, keep.ID, keepImg.ID)
+		wantClean(t, s, CheckEverything(), "the end")
+	})
+}
+
+// TestCheckContainerMadeElsewhere: a container a store opened through
+// containerd made (its layer marked cslabels.Made, which containerd passes
+// on to the daemon; its record and image in a containerd namespace this
+// store cannot see) is listed, but not this store's to check: Check does
+// not report its image missing, and Repair leaves it.
+func TestCheckContainerMadeElsewhere(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		_, img := imageOn(t, s, "mine")
+		// What containerd makes of the store's PutLayer and
+		// CreateContainer in namespace "other".
+		layerID, ctrID, imageID := newID(), newID(), newID()
+		if _, err := sn.Prepare(testCtx, "other/10/cs.incomplete/"+layerID, "", snapshots.WithLabels(map[string]string{cslabels.Made: "store"})); err != nil {
+			t.Fatal(err)
+		}
+		layerKey := "other/11/" + layerID
+		if err := sn.Commit(testCtx, layerKey, "other/10/cs.incomplete/"+layerID, snapshots.WithLabels(map[string]string{cslabels.Made: "store"})); err != nil {
+			t.Fatal(err)
+		}
+		ctrKey := "other/12/" + rwPrefix + ctrID
+		if _, err := sn.Prepare(testCtx, ctrKey, layerKey, snapshots.WithLabels(map[string]string{
+			cslabels.Made: "store",
+			cslabels.NameKey(cslabels.ContainerIDKind, ctrID):      "0",
+			cslabels.NameKey(cslabels.Container, "made-elsewhere"): "0",
+			cslabels.ContainerImage:                                imageID,
+		})); err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.Container("made-elsewhere")
+		if err != nil || c.ID != ctrID || c.ImageID != imageID {
+			t.Fatalf("the container is not listed as made: %+v, %v", c, err)
+		}
+		// A container of this store's own whose image is gone is still
+		// reported.
+		mine, err := s.CreateContainer("", []string{"orphan"}, img.ID, "", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec digest.Digest
+		cs.Walk(testCtx, func(info content.Info) error {
+			if info.Labels[cslabels.ImageID] == img.ID {
+				rec = info.Digest
+			}
+			return nil
+		})
+		deleteBlobBehindBack(t, cs, rec)
+
+		r, err := s.Check(CheckEverything())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs, ok := r.Containers[ctrID]; ok {
+			t.Errorf("the container made through containerd is reported: %v", errs)
+		}
+		wantReported(t, r.Containers[mine.ID], ErrContainerImageMissing, "the store's own container")
+		if errs := s.Repair(r, RepairEverything()); len(errs) != 0 {
+			t.Errorf("Repair: %v", errs)
+		}
+		gone(t, s, mine.ID)
+		there(t, s, ctrID)
+		if !snapshotExists(sn, ctrKey) || !snapshotExists(sn, layerKey) {
+			t.Error("Repair removed the snapshots containerd holds")
+		}
+		wantClean(t, s, CheckEverything(), "after Repair")
 	})
 }

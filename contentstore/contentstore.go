@@ -214,16 +214,30 @@ func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) err
 
 // OwnRefPrefix begins the refs of the ingests the daemon and the store
 // write for themselves (tar-splits, big data). They are left out of
-// ListStatuses: containerd's garbage collector aborts every backend ingest
-// it does not know of, and it learns of them only from there. One left by a
-// crash is aborted when the root is next opened.
+// ListStatuses without filters: containerd's garbage collector aborts every
+// backend ingest it does not know of, and it learns of them only from
+// there. One left by a crash is aborted when the root is next opened, and
+// one nobody writes any more by the store's GarbageCollect.
 const OwnRefPrefix = "cs."
 
-// ListStatuses lists the ingests in progress but the daemon's own.
+// OwnIngests is a ListStatuses filter selecting the daemon's own ingests
+// (refs beginning with OwnRefPrefix).
+const OwnIngests = `ref~="^cs[.]"`
+
+// ListStatuses lists the ingests in progress. A listing without filters
+// leaves out the daemon's own; a filtered one lists them too when they
+// match (OwnIngests selects only them), so the store can find its own
+// through the socket. containerd never filters the listings it asks of a
+// backend store: its metadata store lists everything and filters itself.
 func (s *Store) ListStatuses(ctx context.Context, filters ...string) ([]content.Status, error) {
 	all, err := s.listStatuses(ctx, filters...)
 	if err != nil {
 		return nil, err
+	}
+	for _, f := range filters {
+		if f != "" {
+			return all, nil
+		}
 	}
 	out := all[:0]
 	for _, st := range all {

@@ -169,7 +169,7 @@ func TestBugGCDeletesFreshBlob(t *testing.T) {
 // daemon's next start (contentstore.AbortOwn) removes it. A daemon that
 // runs for months keeps every such ingest.
 func TestBugGCLeavesOwnIngests(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	e.ExpectContainerdLog("failed to remove snapshot", "held by the cs store")
 	cli := func(stdin io.Reader, args ...string) *exec.Cmd {
@@ -409,7 +409,7 @@ func TestBugListingsRaceContainerdGC(t *testing.T) {
 // container as damaged ("image missing"), and `check -r -f` would delete
 // it from under containerd.
 func TestBugCheckOtherNamespace(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	e.ExpectContainerdLog("failed to remove snapshot", "held by the cs store")
 	cs, err := storage.GetStore(storage.StoreOptions{GraphRoot: filepath.Join(e.Dir, "ctrd-graph"), RunRoot: filepath.Join(e.Dir, "ctrd-run"),
