@@ -147,19 +147,9 @@ func (g *gcRootedSnapshots) Walk(ctx context.Context, fn snapshots.WalkFunc, fil
 	}, filters...)
 }
 
-// Update translates a change of the ownership label into one of the
-// gc.root and marker labels.
 func (g *gcRootedSnapshots) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
 	info.Labels = toContainerd(info.Labels)
-	var paths []string
-	for _, p := range fieldpaths {
-		if p == "labels."+cslabels.Owned {
-			paths = append(paths, "labels."+cslabels.Made, "labels."+gcRoot)
-			continue
-		}
-		paths = append(paths, p)
-	}
-	info, err := g.Snapshotter.Update(ctx, info, paths...)
+	info, err := g.Snapshotter.Update(ctx, info, fieldpaths...)
 	return fromContainerd(info), claimRefused(err)
 }
 

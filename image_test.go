@@ -19,9 +19,13 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
-var testCtx = namespaces.WithNamespace(context.Background(), namespace)
+// testCtx is the store's own (it sees and may remove what the store holds),
+// in-process and over the socket.
+var testCtx = snapshotter.WithStoreCaller(daemon.AsStore(namespaces.WithNamespace(context.Background(), namespace)))
 
 // storeState describes everything the store keeps: images, layers,
 // containers and every blob with its labels, so error paths can check nothing changed.

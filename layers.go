@@ -641,26 +641,12 @@ func (s *store) fillAndCommit(id, parentKey string, labels map[string]string, di
 	return size, nil
 }
 
-// deleteSnapshot removes a snapshot the store owns, dropping the ownership
-// label first.
+// deleteSnapshot removes a snapshot the store owns. Its ownership label
+// stays on to the end: the store's calls may remove what it holds (see
+// snapshotter.WithStoreCaller), and containerd's garbage collector never
+// sees it, so the two never race for it.
 func (s *store) deleteSnapshot(key string) error {
-	info, err := s.sn.Stat(s.ctx, key)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	owned := info.Labels[cslabels.Owned]
-	if owned != "" {
-		if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: key}, "labels."+cslabels.Owned); err != nil {
-			return err
-		}
-	}
 	if err := s.sn.Remove(s.ctx, key); err != nil && !errdefs.IsNotFound(err) {
-		if owned != "" { // still there (a child appeared): the store keeps holding it
-			s.sn.Update(s.ctx, snapshots.Info{Name: key, Labels: map[string]string{cslabels.Owned: owned}}, "labels."+cslabels.Owned)
-		}
 		return err
 	}
 	return nil

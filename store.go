@@ -24,6 +24,7 @@ import (
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
 // Version is the store's version, reported by Version().
@@ -97,7 +98,7 @@ func GetStore(options StoreOptions) (Store, error) {
 		}
 		*p = abs
 	}
-	s := &store{opts: options, ctx: namespaces.WithNamespace(context.Background(), namespace)}
+	s := &store{opts: options, ctx: snapshotter.WithStoreCaller(namespaces.WithNamespace(context.Background(), namespace))}
 	if options.ContainerdAddress != "" {
 		if err := s.openContainerd(); err != nil {
 			return nil, err
@@ -119,7 +120,7 @@ func GetStore(options StoreOptions) (Store, error) {
 		s.embedded = d
 		s.sn, s.cs = d.Snapshotter(), d.Content()
 	case errors.As(err, &inUse) && inUse.Holder.Address != "":
-		c, err := daemon.Dial(inUse.Holder.Address)
+		c, err := daemon.DialStore(inUse.Holder.Address)
 		if err != nil {
 			return nil, err
 		}

@@ -312,7 +312,7 @@ func TestLayers(t *testing.T) {
 				}
 			}
 			// Nothing half-made is left in the daemon either.
-			sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+			sn.Walk(testCtx, func(_ context.Context, info snapshots.Info) error {
 				if strings.HasPrefix(info.Name, "cs.") {
 					t.Errorf("leftover snapshot %s", info.Name)
 				}
@@ -541,7 +541,7 @@ func TestLayers(t *testing.T) {
 
 		t.Run("delete", func(t *testing.T) {
 			ts := ""
-			sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+			sn.Walk(testCtx, func(_ context.Context, info snapshots.Info) error {
 				if info.Name == child.ID {
 					ts = info.Labels["containerd.io/snapshot/cs.tar-split"]
 				}
@@ -698,7 +698,7 @@ func TestNameRaceThroughStores(t *testing.T) {
 		if wins != 1 || len(layers) != 1 {
 			t.Errorf("%d winners, %d layers", wins, len(layers))
 		}
-		sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+		sn.Walk(testCtx, func(_ context.Context, info snapshots.Info) error {
 			if strings.HasPrefix(info.Name, "cs.") {
 				t.Errorf("leftover snapshot %s", info.Name)
 			}

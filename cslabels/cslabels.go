@@ -66,10 +66,10 @@ func Names(labels map[string]string) map[Kind][]string {
 	return names
 }
 
-// Owned marks a snapshot the store holds: the daemon refuses to Remove it
-// (FailedPrecondition), so containerd's garbage collector, which removes
-// backend snapshots it did not make, leaves it alone. The store drops the
-// label before removing the snapshot itself.
+// Owned marks a snapshot the store holds: the daemon lists it and lets it
+// be removed only on the store's calls (snapshotter.WithStoreCaller), so
+// containerd's garbage collector, which removes backend snapshots it did
+// not make, never sees it; any other Remove is refused (FailedPrecondition).
 const Owned = Prefix + "owned"
 
 // Made marks a snapshot the store made through containerd (the store

@@ -22,13 +22,25 @@ type Client struct {
 	Content     content.Store
 }
 
-// Dial connects to the daemon listening on the unix socket address.
+// Dial connects to the daemon listening on the unix socket address, as
+// containerd does.
 func Dial(address string) (*Client, error) {
-	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	return dial(address)
+}
+
+// DialStore connects as the cs store: its calls see and remove the
+// snapshots the store holds (snapshotter.WithStoreCaller).
+func DialStore(address string) (*Client, error) {
+	return dial(address, grpc.WithChainUnaryInterceptor(markStoreUnary), grpc.WithChainStreamInterceptor(markStoreStream))
+}
+
+func dial(address string, opts ...grpc.DialOption) (*Client, error) {
+	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 			grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize),
 		))
+	conn, err := grpc.NewClient("unix://"+address, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", address, err)
 	}

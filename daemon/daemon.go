@@ -126,8 +126,8 @@ func (d *Daemon) NewServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
-		grpc.ChainUnaryInterceptor(recoverUnary, metricsUnary, logUnary),
-		grpc.ChainStreamInterceptor(recoverStream, metricsStream, logStream),
+		grpc.ChainUnaryInterceptor(recoverUnary, metricsUnary, logUnary, storeCallerUnary),
+		grpc.ChainStreamInterceptor(recoverStream, metricsStream, logStream, storeCallerStream),
 	)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn), d.sn})
 	contentapi.RegisterContentServer(srv, contentstore.NewService(d.cs))
@@ -265,32 +265,25 @@ func (s snapshotsService) List(req *snapshotsapi.ListSnapshotsRequest, stream sn
 	return errgrpc.ToGRPC(s.SnapshotsServer.List(req, stream))
 }
 
-// removeIncomplete removes every snapshot marked incomplete. One that
-// cannot go (it has children) keeps its labels, ownership included, and is
+// removeIncomplete removes every snapshot marked incomplete, as the store
+// that made it would have. One that cannot go (it has children) is
 // reported.
 func removeIncomplete(ctx context.Context, sn snapshots.Snapshotter) error {
-	var found []snapshots.Info
+	ctx = snapshotter.WithStoreCaller(ctx)
+	var found []string
 	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-		found = append(found, info)
+		found = append(found, info.Name)
 		return nil
 	}, fmt.Sprintf("labels.%q", cslabels.Incomplete)); err != nil {
 		return err
 	}
 	var errs []error
-	for _, info := range found {
-		owned := info.Labels[cslabels.Owned]
-		if _, err := sn.Update(ctx, snapshots.Info{Name: info.Name}, "labels."+cslabels.Owned); err != nil {
-			errs = append(errs, err)
+	for _, key := range found {
+		if err := sn.Remove(ctx, key); err != nil {
+			errs = append(errs, fmt.Errorf("incomplete layer %s: %w", key, err))
 			continue
 		}
-		if err := sn.Remove(ctx, info.Name); err != nil {
-			if owned != "" {
-				sn.Update(ctx, snapshots.Info{Name: info.Name, Labels: map[string]string{cslabels.Owned: owned}}, "labels."+cslabels.Owned)
-			}
-			errs = append(errs, fmt.Errorf("incomplete layer %s: %w", info.Name, err))
-			continue
-		}
-		log.G(ctx).WithField("key", info.Name).Info("removed incomplete layer")
+		log.G(ctx).WithField("key", key).Info("removed incomplete layer")
 	}
 	return errors.Join(errs...)
 }

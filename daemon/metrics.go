@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
 // UsageCacheTTL is how long the counts that need a walk (snapshots, blobs,
@@ -203,7 +205,8 @@ func (c *usageCollector) get() usage {
 	if !c.at.IsZero() && time.Since(c.at) < c.ttl {
 		return c.last
 	}
-	c.last = c.d.usage(context.Background())
+	// All snapshots count, the store's too.
+	c.last = c.d.usage(snapshotter.WithStoreCaller(context.Background()))
 	c.at = time.Now()
 	return c.last
 }

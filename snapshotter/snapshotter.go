@@ -230,7 +230,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		if err != nil {
 			return err
 		}
-		if info.Labels[cslabels.Owned] != "" {
+		if info.Labels[cslabels.Owned] != "" && !IsStoreCaller(ctx) {
 			return fmt.Errorf("%s: %w", cslabels.OwnedError(key), errdefs.ErrFailedPrecondition)
 		}
 		if id, _, err = storage.Remove(ctx, key); err != nil {
@@ -314,12 +314,22 @@ func (s *Snapshotter) SnapshotID(dir string) (string, bool) {
 	return strconv.FormatUint(n, 10), true
 }
 
-// Walk calls fn for every snapshot matching the filters.
+// Walk calls fn for every snapshot matching the filters. Snapshots the
+// store holds are listed only to the store (IsStoreCaller).
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
 	// Parsed first, so a malformed filter is refused (InvalidArgument) even
 	// when the name index below would answer it.
 	if _, err := metadata.ParseFilters(filters...); err != nil {
 		return fmt.Errorf("walk snapshots: %w", err)
+	}
+	if !IsStoreCaller(ctx) {
+		inner := fn
+		fn = func(ctx context.Context, info snapshots.Info) error {
+			if info.Labels[cslabels.Owned] != "" {
+				return nil
+			}
+			return inner(ctx, info)
+		}
 	}
 	return s.db.View(ctx, func(ctx context.Context, tx *bolt.Tx) error {
 		// One name: the index knows its holder; the rest need not be read.

@@ -19,6 +19,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
 )
 
 // DaemonClient talks to cs-snapshotter's socket directly, with containerd's
@@ -53,7 +55,8 @@ func (e *Env) DialDaemon() *DaemonClient {
 }
 
 func daemonCtx() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Marked as the store's: the tests inspect everything the daemon holds.
+	ctx, cancel := context.WithTimeout(daemon.AsStore(context.Background()), 30*time.Second)
 	return namespaces.WithNamespace(ctx, "default"), cancel
 }
 
