@@ -557,9 +557,6 @@ func newDocsSandbox(t *testing.T, root string) *docsSandbox {
 	sb.e = e
 	t.Cleanup(e.cleanup)
 	t.Cleanup(sb.close)
-	// containerd's warning for each layer of the store's it may not
-	// remove: troubleshooting.md explains it, and greps for it.
-	e.ExpectContainerdLog("failed to remove snapshot", "held by the cs store")
 
 	// What a node has before the docs' commands run.
 	for _, d := range []string{"log", "tmp", "fakebin", "src", "etc/systemd/system", "etc/containerd", "usr/local/bin", "var/lib", "run"} {

@@ -160,12 +160,9 @@ func TestStoreAndContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// containerd's GC runs when the image goes; it tries to remove the
-	// store's snapshots, the daemon refuses (containerd logs a warning per
-	// snapshot, expected here) and keeps the store's blobs.
-	for _, id := range []string{owned.ID, child.ID, "cs.view/"} {
-		e.ExpectContainerdLog("failed to remove snapshot", id, "held by the cs store")
-	}
+	// containerd's GC runs when the image goes; the store's snapshots are
+	// not in containerd's view of the daemon, so it leaves them and the
+	// store's blobs alone (and logs nothing about them).
 	var tarSplits []digest.Digest
 	for _, info := range e.DialDaemon().Snapshots(t) {
 		if ts := info.Labels["containerd.io/snapshot/cs.tar-split"]; ts != "" && !strings.HasPrefix(info.Name, owned.ID) {
@@ -176,9 +173,9 @@ func TestStoreAndContainerd(t *testing.T) {
 		t.Errorf("%d of containerd's %d layers have a tar-split", len(tarSplits), len(chain))
 	}
 	e.MustCtr("images", "rm", "--sync", imageName)
-	// containerd did try: the refusal is in its log.
-	if log, _ := os.ReadFile(e.CtrdLog); !bytes.Contains(log, []byte(owned.ID)) {
-		t.Errorf("containerd's GC never tried to remove the store's layer %s; the test proves nothing", owned.ID)
+	// containerd never saw them: nothing about them in its log.
+	if log, _ := os.ReadFile(e.CtrdLog); bytes.Contains(log, []byte(owned.ID)) {
+		t.Errorf("containerd's log names the store's layer %s, which it should not see", owned.ID)
 	}
 	client := e.DialDaemon()
 	snaps := client.Snapshots(t)
