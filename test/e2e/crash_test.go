@@ -142,9 +142,6 @@ type crashRun struct {
 	incompleteSeen     int
 	retriedImports     int
 	retriedIngests     int
-	transientCheck     int
-	ownIngests         map[string]bool
-	staleLabels        map[string]bool
 	lost, damaged      []string
 	leftovers          []string
 	roundTimes         latencies
@@ -162,12 +159,9 @@ func TestCrashDaemon(t *testing.T) {
 		bigSize: int64(envInt(t, "CS_CRASH_LAYER_MB", 24, 48)) << 20,
 		layers:  map[string]*mLayer{}, simages: map[string]*mImage{}, blobs: map[digest.Digest]*mBlob{},
 		digests: map[[2]uint64]digest.Digest{}, flight: map[int]string{},
-		killedDuring: map[string]int{}, ownIngests: map[string]bool{}, staleLabels: map[string]bool{}, opsDone: map[string]int{}, opsFailed: map[string]int{},
+		killedDuring: map[string]int{}, opsDone: map[string]int{}, opsFailed: map[string]int{},
 	}
 	t.Logf("crash test: %d kills, seed %d (CS_SEED=%d CS_CRASH_KILLS=%d repeats this plan)", kills, seed, seed, kills)
-	if avoidKnownBugs() {
-		e.containerdGCOnDemand()
-	}
 	cr.setup()
 	for round := 1; round <= kills; round++ {
 		start := time.Now()
@@ -258,13 +252,9 @@ func (cr *crashRun) round(n int) {
 	s := cr.openStore()
 
 	// Workloads at once: containerd's (imports and removals, blobs
-	// ingested through containerd) and the store's (large layers, bursts,
-	// big data). Removals run containerd's GC, so keeping clear of the
-	// known bugs they go in separate rounds.
+	// ingested through containerd; removals run containerd's GC) and the
+	// store's (large layers, bursts, big data).
 	all := []string{"import", "blob", "layer", "burst", "bigdata"}
-	if avoidKnownBugs() {
-		all = [][]string{{"import", "blob"}, {"layer", "burst", "bigdata"}}[n%2]
-	}
 	rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 	kinds := all[:1+rng.IntN(len(all))]
 	delay := time.Duration(50+rng.IntN(1500)) * time.Millisecond
@@ -721,19 +711,6 @@ func (cr *crashRun) verify(round int) []string {
 	if err != nil {
 		damage("Check: %v", err)
 	}
-	if n := checkProblems(report); n > 0 && !knownBugs() {
-		// A snapshot containerd removed while Check ran is reported as
-		// damaged (see TestBugCheckRacesContainerdGC); a second Check
-		// tells that from damage that stays.
-		if err := containerdSweep(cr.c); err != nil {
-			damage("containerd GC: %v", err)
-		}
-		if again, err := s.Check(opts); err == nil && checkProblems(again) < n {
-			cr.transientCheck += n - checkProblems(again)
-			cr.t.Logf("round %d: Check reported %d problems, a second Check %d: %+v", round, n, checkProblems(again), report)
-			report = again
-		}
-	}
 	for what, m := range map[string]map[string][]error{"layer": report.Layers, "containerd layer": report.ROLayers, "image": report.Images, "containerd image": report.ROImages, "container": report.Containers} {
 		for id, errs := range m {
 			for _, err := range errs {
@@ -953,18 +930,6 @@ func (cr *crashRun) verify(round int) []string {
 		}
 	}
 	left = a.problems()
-	for _, i := range a.OwnIngests {
-		cr.ownIngests[i] = true
-	}
-	for _, l := range a.StaleLabels {
-		cr.staleLabels[l] = true
-	}
-	for _, l := range a.StaleLabels {
-		cr.t.Logf("round %d: labels of a deleted blob left: %s", round, l)
-	}
-	for _, i := range a.OwnIngests {
-		cr.t.Logf("round %d: store ingest left after gc: %s", round, i)
-	}
 	e.StartDaemon()
 	cr.t.Logf("round %d: %d snapshots, %d blobs on disk; %d lost, %d damaged, %d left after gc", round, a.Snapshots, a.Blobs, len(lost), len(damaged), len(left))
 	return append(append(append([]string{}, lost...), damaged...), left...)
@@ -989,9 +954,6 @@ func (cr *crashRun) report() {
 	fmt.Fprintf(&b, "crash test, seed %d: %d kills, %d survived whole (nothing lost, damaged or left)\n", cr.seed, cr.kills, cr.survived)
 	fmt.Fprintf(&b, "  data lost: %d, damage found: %d, left after gc: %d\n", len(cr.lost), len(cr.damaged), len(cr.leftovers))
 	fmt.Fprintf(&b, "  half-made layers found after kills (removed at restart): %d; interrupted imports retried: %d; interrupted ingests resumed: %d\n", cr.incompleteSeen, cr.retriedImports, cr.retriedIngests)
-	fmt.Fprintf(&b, "  Check problems gone at a second Check (containerd removing snapshots meanwhile): %d\n", cr.transientCheck)
-	fmt.Fprintf(&b, "  store ingests left after gc (TestBugGCLeavesOwnIngests, TestBugIngestWithoutData): %d\n", len(cr.ownIngests))
-	fmt.Fprintf(&b, "  labels of deleted blobs left (TestBugDeleteLeavesLabels): %d\n", len(cr.staleLabels))
 	fmt.Fprintf(&b, "  kills during: %s\n", formatCounts(cr.killedDuring))
 	fmt.Fprintf(&b, "  operations completed: %s\n", formatCounts(cr.opsDone))
 	fmt.Fprintf(&b, "  operations cut short: %s\n", formatCounts(cr.opsFailed))

@@ -47,21 +47,13 @@ import (
 // done, errors by kind and latencies.
 //
 // CS_LOAD_DURATION (default 20s; 3m with CS_STRESS=1), CS_SEED.
-// Keeping clear of known bugs (unless CS_E2E_BUGS=1), containerd's GC
-// passes take a lock that the writers of blobs to the daemon share, so they
-// never overlap (TestBugGCDeletesFreshBlob), and the containerd clients
-// import images of their own (TestBugSharedTarSplit).
+// Keeping clear of known bugs (unless CS_E2E_BUGS=1), the containerd
+// clients import images of their own (TestBugSharedTarSplit).
 func TestConcurrentLoad(t *testing.T) {
 	requireDaemon(t)
 	duration := envDuration(t, "CS_LOAD_DURATION", 20*time.Second, 3*time.Minute)
 	seed := envSeed(t)
 	e := NewEnv(t)
-	if avoidKnownBugs() {
-		e.containerdGCOnDemand()
-		// containerd's GC pass fails when the store removes one of its
-		// snapshots while the pass walks them (see the report).
-		e.ExpectContainerdLog("snapshot garbage collection failed", "snapshot does not exist")
-	}
 	lr := &loadRun{t: t, e: e, c: e.containerdClient(t), seed: seed, stats: map[string]*opStat{},
 		storeRun: filepath.Join(e.Dir, "store-run")}
 	lr.setup()
@@ -164,8 +156,6 @@ type loadRun struct {
 	deadline time.Time
 	nclients int
 
-	gate sync.RWMutex // GC passes exclude blob writers (keeping clear of known bugs)
-
 	images      []*crashImage
 	sharedLayer string
 	sharedHeld  atomic.Int64
@@ -176,8 +166,6 @@ type loadRun struct {
 	flight     map[int]string
 	flightID   int
 	gcPasses   int
-
-	otherNamespace int
 }
 
 // Contested names: a few of each kind every client tries to take.
@@ -216,16 +204,6 @@ func (lr *loadRun) newStoreClient(name, ns string) *storeClient {
 }
 
 func (lr *loadRun) running() bool { return time.Now().Before(lr.deadline) }
-
-// writing runs f, which writes blobs to the daemon, outside GC passes
-// (when keeping clear of known bugs).
-func (lr *loadRun) writing(f func() error) error {
-	if avoidKnownBugs() {
-		lr.gate.RLock()
-		defer lr.gate.RUnlock()
-	}
-	return f()
-}
 
 // op runs f as an operation of kind, timing it; expected classifies the
 // errors that are a normal outcome under racing ("" for none).
@@ -295,8 +273,6 @@ func knownRace(err error) string {
 	}
 	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "list containerd's images") && strings.Contains(msg, "not found"):
-		return "containerd removed a manifest meanwhile (known bug)"
 	case strings.Contains(msg, "move name"):
 		return "name's holder deleted meanwhile (known bug)"
 	}
@@ -347,7 +323,7 @@ func (lr *loadRun) ctrClient(i int, rng *rand.Rand) {
 				return
 			}
 			err := lr.op("ctr import", nil, func() error {
-				return lr.writing(func() error { return e.Ctr("images", "import", "--snapshotter", e.Snapshotter, img.archive).Err })
+				return e.Ctr("images", "import", "--snapshotter", e.Snapshotter, img.archive).Err
 			})
 			if err == nil {
 				img.state = stPresent
@@ -358,10 +334,6 @@ func (lr *loadRun) ctrClient(i int, rng *rand.Rand) {
 		case rng.IntN(5) == 0:
 			// A synchronous removal is a GC pass.
 			if lr.op("ctr images rm --sync", nil, func() error {
-				if avoidKnownBugs() {
-					lr.gate.Lock()
-					defer lr.gate.Unlock()
-				}
 				return e.Ctr("images", "rm", "--sync", img.name).Err
 			}) == nil {
 				img.state = stAbsent
@@ -393,10 +365,6 @@ func (lr *loadRun) ctrClient(i int, rng *rand.Rand) {
 func (lr *loadRun) gcClient(rng *rand.Rand) {
 	for lr.running() {
 		if lr.op("containerd GC", nil, func() error {
-			if avoidKnownBugs() {
-				lr.gate.Lock()
-				defer lr.gate.Unlock()
-			}
 			return containerdSweep(lr.c)
 		}) == nil {
 			lr.mu.Lock()
@@ -440,11 +408,9 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 			seed := uint64(c.n)<<16 | uint64(len(c.name))<<8 | uint64(c.name[len(c.name)-1])
 			diff := layerStream(seed, int64(1+rng.IntN(32<<10)))
 			err := lr.op("put-layer"+prefix, duplicate, func() error {
-				return lr.writing(func() error {
-					var err error
-					l, _, err = s.PutLayer("", "", names, "", false, nil, diff)
-					return err
-				})
+				var err error
+				l, _, err = s.PutLayer("", "", names, "", false, nil, diff)
+				return err
 			})
 			diff.Close()
 			if err == nil {
@@ -472,13 +438,11 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 			data, _ := blobData(uint64(c.n), int64(1+rng.IntN(16<<10)))
 			var img *storage.Image
 			err := lr.op("create-image"+prefix, duplicate, func() error {
-				return lr.writing(func() error {
-					var err error
-					img, err = s.CreateImage("", names, l.id, "", &storage.ImageOptions{
-						BigData: []storage.ImageBigDataOption{{Key: "config", Data: data}},
-					})
-					return err
+				var err error
+				img, err = s.CreateImage("", names, l.id, "", &storage.ImageOptions{
+					BigData: []storage.ImageBigDataOption{{Key: "config", Data: data}},
 				})
+				return err
 			})
 			if err == nil {
 				c.images[img.ID] = &ownImage{id: img.ID, name: names[0], layer: l.id}
@@ -500,13 +464,11 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 			}
 			var ctr *storage.Container
 			err := lr.op("create-container"+prefix, duplicate, func() error {
-				return lr.writing(func() error {
-					var err error
-					ctr, err = s.CreateContainer("", names, img.id, "", "", &storage.ContainerOptions{
-						BigData: []storage.ContainerBigDataOption{{Key: "state", Data: []byte(names[0])}},
-					})
-					return err
+				var err error
+				ctr, err = s.CreateContainer("", names, img.id, "", "", &storage.ContainerOptions{
+					BigData: []storage.ContainerBigDataOption{{Key: "state", Data: []byte(names[0])}},
 				})
+				return err
 			})
 			if err == nil {
 				c.containers[ctr.ID] = &ownContainer{id: ctr.ID, name: names[0], image: img.id}
@@ -668,11 +630,9 @@ func (lr *loadRun) cliClient(c *cliClient, rng *rand.Rand) {
 			}
 			var out string
 			err := lr.op("cli create-layer", dupCLI, func() error {
-				return lr.writing(func() error {
-					var err error
-					out, err = run(append([]string{"create-layer"}, names...)...)
-					return err
-				})
+				var err error
+				out, err = run(append([]string{"create-layer"}, names...)...)
+				return err
 			})
 			if err == nil {
 				id := strings.Fields(out)[0]
@@ -797,27 +757,11 @@ func (lr *loadRun) verify(apis []*storeClient, clis []*cliClient, viaCtrd []*sto
 
 	// What the store holds survived containerd's GC; containerd's images
 	// are whole.
-	viaCtrdContainers := map[string]bool{}
-	for _, c := range viaCtrd {
-		for id := range c.containers {
-			viaCtrdContainers[id] = true
-		}
-	}
 	for i, st := range []storage.Store{s, ds} {
 		report, err := st.Check(checkEverythingOld())
 		if err != nil {
 			t.Errorf("Check: %v", err)
 			continue
-		}
-		if i == 0 && avoidKnownBugs() {
-			// Through the daemon, the containers made through containerd
-			// are listed but not their images: TestBugCheckOtherNamespace.
-			for id, errs := range report.Containers {
-				if viaCtrdContainers[id] && len(errs) == 1 && errors.Is(errs[0], storage.ErrContainerImageMissing) {
-					delete(report.Containers, id)
-					lr.otherNamespace++
-				}
-			}
 		}
 		if n := checkProblems(report); n > 0 {
 			var msgs []string
@@ -974,9 +918,6 @@ func (lr *loadRun) report(ran time.Duration) {
 			n += c
 		}
 		fmt.Fprintf(&b, "  %-32s %6d %8d %10v %10v  %s\n", k, st.n, n, st.lat.percentile(50).Round(time.Microsecond), st.lat.percentile(99).Round(time.Microsecond), formatCounts(st.errs))
-	}
-	if lr.otherNamespace > 0 {
-		fmt.Fprintf(&b, "  containers made through containerd that Check through the daemon calls damaged (image missing; TestBugCheckOtherNamespace): %d\n", lr.otherNamespace)
 	}
 	lr.t.Log(b.String())
 }

@@ -52,29 +52,6 @@ func knownBugs() bool { return os.Getenv("CS_E2E_BUGS") == "1" }
 // image chains share a layer's content (TestBugSharedTarSplit).
 func avoidKnownBugs() bool { return !knownBugs() }
 
-// containerdGCOnDemand restarts containerd with its garbage collector
-// scheduled on demand (a removal with --sync, a lease deleted
-// synchronously): not after every 100 changes, and after a deletion only
-// many seconds later, so a test decides when it runs. It must be called
-// before containers are started.
-func (e *Env) containerdGCOnDemand() {
-	e.t.Helper()
-	if _, err := e.ctrd.stop(stopTimeout); err != nil {
-		e.t.Fatalf("stopping containerd: %v", err)
-	}
-	f, err := os.OpenFile(e.CtrdConfig, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	// No collection after a number of changes; and since pause_threshold
-	// makes the wait between collections (the last one's time over it),
-	// the collection a deletion leaves pending comes only after many
-	// seconds, unless a synchronous request comes first.
-	fmt.Fprintf(f, "\n# containerdGCOnDemand\n[plugins.\"io.containerd.gc.v1.scheduler\"]\n  mutation_threshold = 1000000000\n  pause_threshold = 0.0001\n")
-	f.Close()
-	e.startContainerd()
-}
-
 // envInt reads an integer knob: the variable if set, else def (or
 // stressDef in stress mode).
 func envInt(t testing.TB, name string, def, stressDef int) int {
@@ -298,10 +275,8 @@ func (a rootAudit) problems() []string {
 	add("unreferenced blob", a.LeakedBlobs)
 	add("referenced blob missing", a.MissingBlobs)
 	add("ingest left", a.Ingests)
-	if knownBugs() {
-		add("store ingest left", a.OwnIngests)
-		add("labels of a blob no longer on disk", a.StaleLabels)
-	}
+	add("store ingest left", a.OwnIngests)
+	add("labels of a blob no longer on disk", a.StaleLabels)
 	add("snapshot still incomplete", a.Incomplete)
 	add("snapshot nobody holds", a.Unheld)
 	add("store view or mount snapshot left", a.StaleViews)
