@@ -633,12 +633,37 @@ func (s *store) fillAndCommit(id, parentKey string, labels map[string]string, di
 		size, _ = strconv.ParseInt(rec[cslabels.UncompressedSize], 10, 64)
 	}
 	if err := s.sn.Commit(s.ctx, id, tmp, snapshots.WithLabels(labels)); err != nil {
-		s.releaseBlob(labels[cslabels.TarSplit], id, "tar-split")
-		s.releaseBlob(labels[cslabels.DiffBlob], id, "diff")
+		if s.committedAnyway(id, labels, err) {
+			committed = true
+			return size, nil
+		}
 		return -1, mapErr(fmt.Errorf("commit layer %s: %w", id, err))
 	}
 	committed = true
 	return size, nil
+}
+
+// committedAnyway tells, after a failed Commit of layer id, whether the
+// commit went through all the same (its reply was lost: the daemon killed
+// or the connection cut after the transaction). Only when layer id is
+// surely not there are the blobs it was to hold released; when that cannot
+// be known, GarbageCollect releases them later if no layer holds them.
+func (s *store) committedAnyway(id string, labels map[string]string, commitErr error) bool {
+	if errdefs.IsAlreadyExists(commitErr) || errdefs.IsNotFound(commitErr) || errdefs.IsInvalidArgument(commitErr) || errdefs.IsFailedPrecondition(commitErr) {
+		// The daemon answered: the commit did not happen.
+		s.releaseBlob(labels[cslabels.TarSplit], id, "tar-split")
+		s.releaseBlob(labels[cslabels.DiffBlob], id, "diff")
+		return false
+	}
+	info, err := s.sn.Stat(s.ctx, id)
+	switch {
+	case err == nil && info.Kind == snapshots.KindCommitted && info.Labels[cslabels.TarSplit] == labels[cslabels.TarSplit] && info.Labels[cslabels.DiffBlob] == labels[cslabels.DiffBlob]:
+		return true
+	case err == nil || errdefs.IsNotFound(err):
+		s.releaseBlob(labels[cslabels.TarSplit], id, "tar-split")
+		s.releaseBlob(labels[cslabels.DiffBlob], id, "diff")
+	}
+	return false
 }
 
 // deleteSnapshot removes a snapshot the store owns. Its ownership label
