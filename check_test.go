@@ -1297,6 +1297,19 @@ func TestCheckContainerMadeElsewhere(t *testing.T) {
 		if !snapshotExists(sn, ctrKey) || !snapshotExists(sn, layerKey) {
 			t.Error("Repair removed the snapshots containerd holds")
 		}
+		if err := s.DeleteContainer(ctrID); !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "--containerd") {
+			t.Errorf("DeleteContainer of a container made through containerd: %v, want ErrNotSupported naming --containerd", err)
+		}
+		there(t, s, ctrID)
+		if !snapshotExists(sn, ctrKey) {
+			t.Error("a refused DeleteContainer removed the snapshot containerd holds")
+		}
 		wantClean(t, s, CheckEverything(), "after Repair")
+		if err := s.Wipe(); err != nil {
+			t.Fatalf("Wipe: %v", err)
+		}
+		if !snapshotExists(sn, ctrKey) || !snapshotExists(sn, layerKey) {
+			t.Error("Wipe removed the snapshots containerd holds")
+		}
 	})
 }

@@ -404,6 +404,11 @@ func (s *store) deleteContainer(c *containerRecord) error {
 	if c.ctrd {
 		return fmt.Errorf("container %s is containerd's snapshot %q: remove it through containerd: %w", c.ID, c.layer.key, ErrNotSupported)
 	}
+	if madeElsewhere(c) {
+		// containerd's records hold it (gc.root): removed here, containerd
+		// would name a snapshot that is gone.
+		return fmt.Errorf("container %s was made through containerd (snapshot %q): delete it with the store opened through containerd (--containerd): %w", c.ID, c.layer.key, ErrNotSupported)
+	}
 	// The layer first: if that fails, the record still tells what it was.
 	if c.layer.MountCount > 0 {
 		if _, err := s.Unmount(c.LayerID, true); err != nil {
@@ -696,8 +701,8 @@ func (s *store) wipeContainers() error {
 		return err
 	}
 	for _, c := range idx.containers {
-		if c.ctrd {
-			continue
+		if c.ctrd || madeElsewhere(c) {
+			continue // containerd's to delete
 		}
 		if err := s.deleteContainer(c); err != nil {
 			return err
