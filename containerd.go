@@ -198,6 +198,11 @@ func (w *gcRootedWriter) Commit(ctx context.Context, size int64, expected digest
 	for k, v := range info.Labels {
 		labels[k] = v
 	}
+	// containerd's metadata store keeps the labels itself and answers
+	// AlreadyExists for a blob it has: the daemon never sees the request
+	// to add references, which would only stay behind as a label.
+	// contentstore.CommitReferenced adds them by an Update then.
+	delete(labels, cslabels.CommitAddRefs)
 	return w.Writer.Commit(ctx, size, expected, content.WithLabels(labels))
 }
 

@@ -363,6 +363,11 @@ func (w *writer) releaseBuf() {
 // checked against containerd's limits first; a refusal leaves the writer
 // open. Labels refused later (an image name another blob holds) leave the
 // ingest to be resumed or aborted.
+//
+// A blob of the same digest already there is AlreadyExists, as containerd
+// answers, unless the labels carry cslabels.CommitAddRefs: then the
+// commit's references (cslabels.BlobRefPrefix labels) are added to the
+// blob under its lock and the commit succeeds (see CommitReferenced).
 func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
 	var base content.Info
 	for _, opt := range opts {
@@ -371,6 +376,10 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		}
 	}
 	if err := metadata.ValidateLabels(base.Labels); err != nil {
+		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
+	}
+	labels, addRefs, err := addRefsRequest(base.Labels)
+	if err != nil {
 		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
 	if expected != "" {
@@ -384,7 +393,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	}
 	// Whatever happens now, the writer is done and the ref free; a failed
 	// commit leaves the ingest to be resumed or aborted, as containerd's.
-	err := w.flush()
+	err = w.flush()
 	w.fp = nil
 	defer w.s.locks.unlock(w.ref)
 	defer w.releaseBuf()
@@ -422,8 +431,20 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	// rename, when they would be dropped for a blob about to appear.
 	defer w.s.blobs.lock(dgst)()
 	if _, err := os.Stat(target); err == nil {
+		if addRefs {
+			// The blob is someone else's too now: the reference lands
+			// under the lock, so a Delete waiting for it sees it, and
+			// one that went before left no blob to find here. A failure
+			// leaves the ingest, as any failed commit.
+			if err := w.s.addRefs(dgst, labels); err != nil {
+				return fmt.Errorf("commit ingest %q: %w", w.ref, err)
+			}
+		}
 		if err := os.RemoveAll(w.path); err != nil {
 			log.G(ctx).WithError(err).WithField("ref", w.ref).Error("failed to remove ingest directory")
+		}
+		if addRefs {
+			return nil
 		}
 		return fmt.Errorf("content %v: %w", dgst, errdefs.ErrAlreadyExists)
 	}
@@ -431,11 +452,11 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	// without a blob, which AbortOwn drops at the next start, never a
 	// blob without the labels that keep it. Labels a crash left for this
 	// digest are replaced, not inherited.
-	if err := w.s.commitLabels(dgst, base.Labels); err != nil {
+	if err := w.s.commitLabels(dgst, labels); err != nil {
 		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
 	if err := os.Rename(ingest, target); err != nil {
-		w.s.dropLabels(ctx, dgst, base.Labels)
+		w.s.dropLabels(ctx, dgst, labels)
 		return fmt.Errorf("commit ingest %q: %w", w.ref, err)
 	}
 	if err := syncDir(filepath.Dir(target)); err != nil {

@@ -116,6 +116,13 @@ const (
 	// daemon keeps a blob with any such label when asked to Delete it, so
 	// containerd's garbage collector does not take it.
 	BlobRefPrefix = "cs.ref."
+	// CommitAddRefs, among the labels of a content Commit (any value),
+	// asks the daemon to add the commit's BlobRefPrefix labels to the
+	// blob if it exists already, under the blob's lock, and to answer
+	// success then instead of AlreadyExists: a Delete or Release of the
+	// blob cannot come between finding it there and the reference.
+	// The daemon never stores it. contentstore.CommitReferenced sets it.
+	CommitAddRefs = "cs.commit.add-refs"
 )
 
 // Image record labels: content labels on an image's record blob (a small
