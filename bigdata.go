@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
@@ -38,13 +39,9 @@ func (s *store) writeBlob(ingest string, data io.Reader, ref string) (digest.Dig
 		s.cs.Abort(s.ctx, ingest)
 		return "", err
 	}
-	labels := map[string]string{ref: "bigdata"}
-	err = w.Commit(s.ctx, 0, "", content.WithLabels(labels))
-	dgst := w.Digest()
-	if errdefs.IsAlreadyExists(err) {
-		err = s.addBlobRef(dgst, labels)
-	}
-	return dgst, err
+	// The same bytes may be another item's already: the blob gets this
+	// reference too, in the same step.
+	return contentstore.CommitReferenced(s.ctx, s.cs, w, map[string]string{ref: "bigdata"})
 }
 
 func bigDataRef(id, key string) string { return "bigdata/" + key }

@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
@@ -183,12 +182,9 @@ func (s *store) applyInto(id, upper string, lowers []string, diff io.Reader) (ma
 		labels[cslabels.DiffBlob] = dgst.String()
 		return labels, nil
 	}
-	refLabel := map[string]string{cslabels.BlobRefPrefix + id + ".tar-split": "tar-split"}
-	err = w.Commit(s.ctx, 0, "", content.WithLabels(refLabel))
-	dgst := w.Digest()
-	if errdefs.IsAlreadyExists(err) {
-		err = s.addBlobRef(dgst, refLabel)
-	}
+	// The same tar-split may be another layer's already: it gets this
+	// layer's reference too, in the same step.
+	dgst, err := contentstore.CommitReferenced(s.ctx, s.cs, w, map[string]string{cslabels.BlobRefPrefix + id + ".tar-split": "tar-split"})
 	if err != nil {
 		return nil, fmt.Errorf("store tar-split of layer %s: %w", id, err)
 	}
@@ -217,15 +213,6 @@ func rereadable(diff io.Reader) (again func() (io.Reader, error), input io.Reade
 		_, err := spool.Seek(0, io.SeekStart)
 		return spool, err
 	}, io.TeeReader(diff, spool), func() { spool.Close() }, nil
-}
-
-func (s *store) addBlobRef(dgst digest.Digest, labels map[string]string) error {
-	var paths []string
-	for k := range labels {
-		paths = append(paths, "labels."+k)
-	}
-	_, err := s.cs.Update(s.ctx, content.Info{Digest: dgst, Labels: labels}, paths...)
-	return err
 }
 
 // releaseBlob drops layer id's reference (what) to blob dgst and deletes

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
@@ -344,12 +345,14 @@ func (s *store) writeImageBlob(ingest string, data io.Reader, ref, use string, e
 		return "", err
 	}
 	labels := map[string]string{ref: use}
-	err = w.Commit(s.ctx, 0, "", content.WithLabels(labels))
-	dgst := w.Digest()
-	if errdefs.IsAlreadyExists(err) && !exclusive {
-		err = s.addBlobRef(dgst, labels)
+	if !exclusive {
+		// The same bytes may be another's already: the blob gets this
+		// reference too, in the same step.
+		return contentstore.CommitReferenced(s.ctx, s.cs, w, labels)
 	}
-	return dgst, err
+	// An existing blob is AlreadyExists, and keeps its labels.
+	err = w.Commit(s.ctx, 0, "", content.WithLabels(labels))
+	return w.Digest(), err
 }
 
 // updateImageLabels sets labels of record blob dgst in one Update (an

@@ -125,7 +125,7 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		cslabels.Compression:        res.Compression.String(),
 	}
 	if res.Reproducible {
-		ts, err := commitTarSplit(ctx, w, id)
+		ts, err := contentstore.CommitReferenced(ctx, s.cs, w, map[string]string{BlobRef(id): "tar-split"})
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("apply %s: store tar-split: %w", dgst, err)
 		}
@@ -145,15 +145,6 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		}
 	}
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: res.UncompressedDigest, Size: res.UncompressedSize}, nil
-}
-
-func commitTarSplit(ctx context.Context, w content.Writer, id string) (digest.Digest, error) {
-	err := w.Commit(ctx, 0, "", content.WithLabels(map[string]string{BlobRef(id): "tar-split"}))
-	dgst := w.Digest()
-	if errdefs.IsAlreadyExists(err) {
-		return dgst, nil // the same tar-split, kept for another snapshot; Released counts refs by label
-	}
-	return dgst, err
 }
 
 // Released lets go of what a removed snapshot referenced: its tar-split

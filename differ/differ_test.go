@@ -236,3 +236,97 @@ func TestApplyOverLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSharedTarSplit: two snapshots applying the same layer on different
+// parents share one tar-split blob, each holding its own reference; the
+// blob outlives the first one's removal and goes with the second.
+func TestSharedTarSplit(t *testing.T) {
+	e := newEnv(t)
+	shared, _ := layerBlob(t, map[string]string{"etc/shared": "shared"})
+	sharedDesc := e.store(t, shared)
+	var tarSplits []string
+	for i, base := range []string{"first", "second"} {
+		b, _ := layerBlob(t, map[string]string{"etc/" + base: base})
+		layers := []ocispec.Descriptor{e.store(t, b), sharedDesc}
+		parent := ""
+		for j, desc := range layers {
+			key := base + "-extract-" + string(rune('0'+j))
+			name := base + "-layer-" + string(rune('0'+j))
+			mounts, err := e.sn.Prepare(e.ctx, key, parent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.diff.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: apiMounts(mounts)}); err != nil {
+				t.Fatalf("apply %d of %s: %v", j, base, err)
+			}
+			if err := e.sn.Commit(e.ctx, name, key); err != nil {
+				t.Fatal(err)
+			}
+			parent = name
+		}
+		info, err := e.sn.Stat(e.ctx, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Labels[cslabels.TarSplit] == "" {
+			t.Fatalf("image %d: no tar-split recorded: %v", i, info.Labels)
+		}
+		tarSplits = append(tarSplits, info.Labels[cslabels.TarSplit])
+	}
+	if tarSplits[0] != tarSplits[1] {
+		t.Fatalf("the same layer has tar-splits %s and %s", tarSplits[0], tarSplits[1])
+	}
+	ts := digest.Digest(tarSplits[0])
+	refs := func() int {
+		t.Helper()
+		info, err := e.cs.Info(e.ctx, ts)
+		if errdefs.IsNotFound(err) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for k := range info.Labels {
+			if strings.HasPrefix(k, cslabels.BlobRefPrefix) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := refs(); n != 2 {
+		t.Fatalf("shared tar-split has %d references, want 2", n)
+	}
+	for _, key := range []string{"first-layer-1", "first-layer-0"} {
+		if err := e.sn.Remove(e.ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := refs(); n != 1 {
+		t.Fatalf("after removing the first chain the shared tar-split has %d references, want 1", n)
+	}
+	// The second chain's layer still diffs back to its original blob.
+	lower, err := e.sn.View(e.ctx, "lower", "second-layer-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	view, err := e.sn.View(e.ctx, "view", "second-layer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.diff.Diff(e.ctx, &diffapi.DiffRequest{Left: apiMounts(lower), Right: apiMounts(view), MediaType: ocispec.MediaTypeImageLayerGzip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Diff.Digest != sharedDesc.Digest.String() {
+		t.Errorf("compare gave %s, want %s", d.Diff.Digest, sharedDesc.Digest)
+	}
+	for _, key := range []string{"view", "lower", "second-layer-1", "second-layer-0"} {
+		if err := e.sn.Remove(e.ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.cs.Info(e.ctx, ts); !errdefs.IsNotFound(err) {
+		t.Errorf("tar-split outlived both snapshots: %v", err)
+	}
+}

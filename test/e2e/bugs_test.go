@@ -50,7 +50,7 @@ func checkEverythingOld() *storage.CheckOptions {
 // (containerd.io/snapshot/cs.tar-split): Check reports their tar-split
 // missing and the store's Diff of those layers fails.
 func TestBugSharedTarSplit(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	var names []string
 	for i, hello := range []string{"first\n", "second\n"} {
