@@ -644,28 +644,6 @@ func (s *store) SetContainerBigData(id, key string, data []byte) error {
 	return nil
 }
 
-// containerUpdateNames changes the names of container c.
-func (s *store) containerUpdateNames(c *containerRecord, idx *layerIndex, change func(old []string) []string) error {
-	labelled := orderedNames(c.layer.labels, cslabels.Container)
-	names := change(labelled)
-	if c.ctrd && len(names) > 0 && names[0] == c.layer.key {
-		names = names[1:]
-	}
-	for _, n := range names {
-		other, ok := idx.ctrByName[n]
-		if !ok || other == c {
-			continue
-		}
-		if other.ctrd && n == other.layer.key {
-			return fmt.Errorf("name %q is the key of containerd's snapshot for container %s: %w", n, other.ID, ErrDuplicateName)
-		}
-		if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: other.layer.key}, "labels."+cslabels.NameKey(cslabels.Container, n)); err != nil {
-			return mapErr(fmt.Errorf("move name %q from container %s: %w", n, other.ID, err))
-		}
-	}
-	return s.replaceNameLabels(c.layer.key, cslabels.Container, labelled, names)
-}
-
 // replaceNameLabels replaces the names of kind old with names on snapshot
 // key, in one Update.
 func (s *store) replaceNameLabels(key string, kind cslabels.Kind, old, names []string) error {

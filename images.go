@@ -959,32 +959,59 @@ func (s *store) imageUpdateNames(r *imageRecord, idx *imageIndex, change func(ol
 			r = fresh
 		}
 	}
-	names := change(r.Names)
-	for _, n := range names {
-		other, ok := idx.byName[n]
-		if !ok || other == r || other.ReadOnly { // a store image's name hides containerd's
-			continue
-		}
-		if err := s.updateImageLabels(other.dgst, map[string]string{cslabels.ImageNamePrefix + n: ""}); err != nil {
-			return mapImageErr(fmt.Errorf("move name %q from image %s: %w", n, other.ID, err))
-		}
-	}
-	labels := map[string]string{}
-	for _, n := range r.Names {
-		labels[cslabels.ImageNamePrefix+n] = ""
-	}
-	for i, n := range names {
-		labels[cslabels.ImageNamePrefix+n] = strconv.Itoa(i)
-	}
-	history := append([]string(nil), r.NamesHistory...)
-	for _, n := range names {
-		history = dedupe(append([]string{n}, history...))
-	}
-	if len(history) > 0 {
-		h, _ := json.Marshal(history)
-		labels[cslabels.ImageNamesHistory] = string(h)
-	}
-	return mapImageErr(s.updateImageLabels(r.dgst, labels))
+	// Through containerd the lock makes the listing hold; through the
+	// daemon, moveNames (names.go) copes with other clients.
+	return s.moveNames(nameMove{
+		what:     "image",
+		id:       r.ID,
+		labelKey: func(n string) string { return cslabels.ImageNamePrefix + n },
+		current: func(first bool) ([]string, error) {
+			if !first {
+				fresh, err := s.restatImage(r)
+				if err != nil {
+					return nil, err
+				}
+				r = fresh
+			}
+			return r.Names, nil
+		},
+		want: change,
+		holder: func(first bool, n string) (string, func() error, error) {
+			var other *imageRecord
+			if first {
+				other = idx.byName[n]
+			} else {
+				var err error
+				if other, err = s.imageNamed(n); err != nil {
+					return "", nil, err
+				}
+			}
+			if other == nil || other.dgst == r.dgst || other.ReadOnly { // a store image's name hides containerd's
+				return "", nil, nil
+			}
+			return other.ID, func() error {
+				return mapImageErr(s.updateImageLabels(other.dgst, map[string]string{cslabels.ImageNamePrefix + n: ""}))
+			}, nil
+		},
+		claim: func(current, names []string) error {
+			labels := map[string]string{}
+			for _, n := range current {
+				labels[cslabels.ImageNamePrefix+n] = ""
+			}
+			for i, n := range names {
+				labels[cslabels.ImageNamePrefix+n] = strconv.Itoa(i)
+			}
+			history := append([]string(nil), r.NamesHistory...)
+			for _, n := range names {
+				history = dedupe(append([]string{n}, history...))
+			}
+			if len(history) > 0 {
+				h, _ := json.Marshal(history)
+				labels[cslabels.ImageNamesHistory] = string(h)
+			}
+			return mapImageErr(s.updateImageLabels(r.dgst, labels))
+		},
+	})
 }
 
 func (s *store) imageSetMetadata(r *imageRecord, metadata string) error {

@@ -739,25 +739,7 @@ func (s *store) updateNames(id string, change func(old []string) []string) error
 	case f.layer == nil:
 		return fmt.Errorf("%q: %w", id, ErrLayerUnknown)
 	}
-	r, idx := f.layer, f.idx
-	labelled := orderedNames(r.labels, cslabels.Layer)
-	names := change(labelled)
-	if !r.owned && len(names) > 0 && names[0] == r.key {
-		names = names[1:] // the key of a containerd snapshot is a name already
-	}
-	for _, n := range names {
-		other, ok := idx.byName[n]
-		if !ok || other == r {
-			continue
-		}
-		if !other.owned && n == other.key {
-			return fmt.Errorf("name %q is the key of snapshot %s: %w", n, other.ID, ErrDuplicateName)
-		}
-		if _, err := s.sn.Update(s.ctx, snapshots.Info{Name: other.key}, "labels."+cslabels.NameKey(cslabels.Layer, n)); err != nil {
-			return mapErr(fmt.Errorf("move name %q from layer %s: %w", n, other.ID, err))
-		}
-	}
-	return s.replaceNameLabels(r.key, cslabels.Layer, labelled, names)
+	return s.layerUpdateNames(f.layer, f.idx, change)
 }
 
 // Metadata returns the metadata of the layer, image or container id.

@@ -454,7 +454,7 @@ func TestBugCheckOtherNamespace(t *testing.T) {
 // either. Here one client keeps making and deleting a layer named "n"
 // while two others keep adding "n" to a layer of their own.
 func TestBugAddNamesRace(t *testing.T) {
-	requireKnownBugs(t)
+	requireDaemon(t)
 	e := NewEnv(t)
 	open := func() storage.Store {
 		s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
