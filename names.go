@@ -38,6 +38,12 @@ import (
 // racing for a name always make progress; one that keeps losing gives up
 // after nameMoveTimeout, naming the name and its holder.
 //
+// Through containerd (--containerd) the store sees only its namespace: a
+// name held by an item it cannot see (another namespace's, or one made
+// through the daemon directly) fails every claim while no holder shows up.
+// There a few such attempts in a row end the call with the daemon's
+// refusal, as before, instead of retrying to the deadline.
+//
 // A single "take over" operation in the daemon would avoid the retries,
 // but would need a new label protocol in both the snapshotter's and the
 // content store's Update, and through containerd (--containerd), which
@@ -47,6 +53,11 @@ import (
 // nameMoveTimeout bounds how long a name move retries against other
 // clients' claims.
 var nameMoveTimeout = 30 * time.Second
+
+// unseenHolderTries is how many claims in a row, through containerd, may
+// fail while no other item holds any of the names as far as the store can
+// see, before the call gives up.
+const unseenHolderTries = 3
 
 // nameMove describes, for moveNames, an item whose names change.
 type nameMove struct {
@@ -78,6 +89,7 @@ type nameMove struct {
 func (s *store) moveNames(m nameMove) error {
 	deadline := time.Now().Add(nameMoveTimeout)
 	delay := time.Millisecond
+	unseen := 0
 	for first := true; ; first = false {
 		current, err := m.current(first)
 		if err != nil {
@@ -89,6 +101,7 @@ func (s *store) moveNames(m nameMove) error {
 				return fmt.Errorf("%s name %q: %w: %w", m.what, shortName(n), ErrInvalidName, err)
 			}
 		}
+		seen := false
 		for _, n := range names {
 			other, release, err := m.holder(first, n)
 			if err != nil {
@@ -97,12 +110,21 @@ func (s *store) moveNames(m nameMove) error {
 			if release == nil {
 				continue
 			}
+			seen = true
 			if err := release(); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("move name %q from %s %s: %w", n, m.what, other, err)
 			}
 		}
 		err = m.claim(current, names)
 		if err == nil || !errors.Is(err, ErrDuplicateName) {
+			return err
+		}
+		if seen || first {
+			unseen = 0
+		} else {
+			unseen++
+		}
+		if s.containerd != nil && unseen >= unseenHolderTries {
 			return err
 		}
 		if time.Now().After(deadline) {
