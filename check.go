@@ -361,7 +361,9 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 		if err != nil {
 			return CheckReport{}, err
 		}
-		if fresh == nil {
+		if fresh == nil || fresh.TopLayer != img.TopLayer {
+			// Gone, or made again on other layers (containerd imported it
+			// again): what was found is of an image no longer there.
 			continue
 		}
 		if len(dataErrs) > 0 {

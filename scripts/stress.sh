@@ -6,8 +6,6 @@
 #
 #   sudo scripts/stress.sh                   # seed 1
 #   sudo CS_SEED=42 scripts/stress.sh        # another plan (same seed, same plan)
-#   sudo CS_E2E_BUGS=1 scripts/stress.sh     # also race into the known bugs
-#                                            # (and run test/e2e/bugs_test.go)
 #
 # Knobs (environment): CS_SEED, CS_CRASH_KILLS (200), CS_CRASH_EMBEDDED_KILLS
 # (50), CS_CRASH_LAYER_MB (48), CS_LOAD_DURATION (3m), CS_STRESS_RUN (a
@@ -25,9 +23,6 @@ export CS_STRESS=1
 export CS_SEED="${CS_SEED:-1}"
 log="${CS_STRESS_LOG:-/tmp/cs-stress.log}"
 run="${CS_STRESS_RUN:-^(TestCrashDaemon|TestCrashEmbeddedStore|TestConcurrentLoad|TestUnprivilegedAccess|TestRebootForgetsMounts)\$}"
-if [ "${CS_E2E_BUGS:-}" = 1 ] && [ -z "${CS_STRESS_RUN:-}" ]; then
-	run="^(TestCrashDaemon|TestCrashEmbeddedStore|TestConcurrentLoad|TestUnprivilegedAccess|TestRebootForgetsMounts|TestBug.*)\$"
-fi
 
 echo "stress: seed $CS_SEED, tests $run; full log in $log"
 status=0

@@ -262,39 +262,18 @@ func duplicate(err error) string {
 	if errors.Is(err, storage.ErrDuplicateName) || errors.Is(err, storage.ErrDuplicateID) {
 		return "name taken"
 	}
-	return knownRace(err)
-}
-
-// knownRace classifies the errors of races the store loses to another
-// client or to containerd, bugs described in the final report of the load
-// test (and TestBugListingsRaceContainerdGC): unexpected with
-// CS_E2E_BUGS=1.
-func knownRace(err error) string {
-	if !avoidKnownBugs() {
-		return ""
-	}
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "move name"):
-		return "name's holder deleted meanwhile (known bug)"
-	}
 	return ""
 }
 
 // nameMoved classifies AddNames errors: through containerd a name held
-// outside the namespace cannot be moved; through the daemon, losing the
-// name to a client that moved it meanwhile is a known bug.
+// outside the namespace cannot be moved; through the daemon a contested
+// name always moves.
 func nameMoved(viaCtrd bool) func(error) string {
 	return func(err error) string {
-		if errors.Is(err, storage.ErrDuplicateName) {
-			if viaCtrd {
-				return "name taken"
-			}
-			if avoidKnownBugs() {
-				return "name moved meanwhile (known bug)"
-			}
+		if viaCtrd && errors.Is(err, storage.ErrDuplicateName) {
+			return "name taken"
 		}
-		return knownRace(err)
+		return ""
 	}
 }
 
@@ -424,7 +403,7 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 		case r < 38:
 			l := pickLayer(c.layers, rng, nil)
 			meta := fmt.Sprintf("%s meta %d", c.name, c.n)
-			if lr.op("set-metadata"+prefix, knownRace, func() error { return s.SetMetadata(l.id, meta) }) == nil {
+			if lr.op("set-metadata"+prefix, nil, func() error { return s.SetMetadata(l.id, meta) }) == nil {
 				l.meta = meta
 			}
 		case r < 48:
@@ -478,11 +457,11 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 		case r < 66 && !c.viaCtrd:
 			// The shared layer: every API client mounts it.
 			if c.shared > 0 && rng.IntN(2) == 0 {
-				if lr.op("unmount (shared layer)", knownRace, func() error { _, err := s.Unmount(lr.sharedLayer, false); return err }) == nil {
+				if lr.op("unmount (shared layer)", nil, func() error { _, err := s.Unmount(lr.sharedLayer, false); return err }) == nil {
 					c.shared--
 					lr.sharedHeld.Add(-1)
 				}
-			} else if lr.op("mount (shared layer)", knownRace, func() error { _, err := s.Mount(lr.sharedLayer, ""); return err }) == nil {
+			} else if lr.op("mount (shared layer)", nil, func() error { _, err := s.Mount(lr.sharedLayer, ""); return err }) == nil {
 				c.shared++
 				lr.sharedHeld.Add(1)
 			}
@@ -511,16 +490,16 @@ func (lr *loadRun) apiClient(c *storeClient, rng *rand.Rand) {
 				held = c.containers[id].mounts
 			}
 			if held > 0 && rng.IntN(2) == 0 {
-				if lr.op("unmount"+prefix, knownRace, func() error { _, err := s.Unmount(id, false); return err }) == nil {
+				if lr.op("unmount"+prefix, nil, func() error { _, err := s.Unmount(id, false); return err }) == nil {
 					count(-1)
 				}
-			} else if lr.op("mount"+prefix, knownRace, func() error { _, err := s.Mount(id, ""); return err }) == nil {
+			} else if lr.op("mount"+prefix, nil, func() error { _, err := s.Mount(id, ""); return err }) == nil {
 				count(1)
 			}
 		case r < 90:
 			lr.deleteSome(c, rng, prefix)
 		default:
-			lr.op("list"+prefix, knownRace, func() error {
+			lr.op("list"+prefix, nil, func() error {
 				if _, err := s.Layers(); err != nil {
 					return err
 				}
@@ -542,9 +521,9 @@ func (lr *loadRun) deleteSome(c *storeClient, rng *rand.Rand, prefix string) {
 	case 0:
 		for _, ctr := range c.containers {
 			for ; ctr.mounts > 0; ctr.mounts-- {
-				lr.op("unmount"+prefix, knownRace, func() error { _, err := s.Unmount(ctr.id, false); return err })
+				lr.op("unmount"+prefix, nil, func() error { _, err := s.Unmount(ctr.id, false); return err })
 			}
-			if lr.op("delete-container"+prefix, knownRace, func() error { return s.DeleteContainer(ctr.id) }) == nil {
+			if lr.op("delete-container"+prefix, nil, func() error { return s.DeleteContainer(ctr.id) }) == nil {
 				delete(c.containers, ctr.id)
 				c.images[ctr.image].containers--
 				c.gone = append(c.gone, ctr.id)
@@ -556,7 +535,7 @@ func (lr *loadRun) deleteSome(c *storeClient, rng *rand.Rand, prefix string) {
 			if img.containers > 0 {
 				continue
 			}
-			if lr.op("delete-image"+prefix, knownRace, func() error { return s.Delete(img.id) }) == nil {
+			if lr.op("delete-image"+prefix, nil, func() error { return s.Delete(img.id) }) == nil {
 				delete(c.images, img.id)
 				c.layers[img.layer].image = ""
 				c.gone = append(c.gone, img.id)
@@ -569,9 +548,9 @@ func (lr *loadRun) deleteSome(c *storeClient, rng *rand.Rand, prefix string) {
 			return
 		}
 		for ; l.mounts > 0; l.mounts-- {
-			lr.op("unmount"+prefix, knownRace, func() error { _, err := s.Unmount(l.id, false); return err })
+			lr.op("unmount"+prefix, nil, func() error { _, err := s.Unmount(l.id, false); return err })
 		}
-		if err := lr.op("delete-layer"+prefix, knownRace, func() error { return s.DeleteLayer(l.id) }); err == nil {
+		if err := lr.op("delete-layer"+prefix, nil, func() error { return s.DeleteLayer(l.id) }); err == nil {
 			delete(c.layers, l.id)
 			c.gone = append(c.gone, l.id)
 		} else if errors.Is(err, storage.ErrLayerHasChildren) {
@@ -619,7 +598,7 @@ func (lr *loadRun) cliClient(c *cliClient, rng *rand.Rand) {
 		if strings.Contains(err.Error(), storage.ErrDuplicateName.Error()) {
 			return "name taken"
 		}
-		return knownRace(err)
+		return ""
 	}
 	for lr.running() {
 		c.n++
@@ -641,28 +620,23 @@ func (lr *loadRun) cliClient(c *cliClient, rng *rand.Rand) {
 			}
 		case r < 45:
 			l := pickLayer(c.layers, rng, nil)
-			lr.op("cli add-names (contested)", func(err error) string {
-				if avoidKnownBugs() && (strings.Contains(err.Error(), storage.ErrDuplicateName.Error()) || strings.Contains(err.Error(), "move name")) {
-					return "name moved meanwhile (known bug)"
-				}
-				return ""
-			}, func() error {
+			lr.op("cli add-names (contested)", nil, func() error {
 				_, err := run("add-names", "-n", fmt.Sprintf("race-%d", rng.IntN(contested)), l.id)
 				return err
 			})
 		case r < 60:
 			l := pickLayer(c.layers, rng, nil)
 			meta := fmt.Sprintf("%s meta %d", c.name, c.n)
-			if lr.op("cli set-metadata", knownRace, func() error { _, err := run("set-metadata", "-m", meta, l.id); return err }) == nil {
+			if lr.op("cli set-metadata", nil, func() error { _, err := run("set-metadata", "-m", meta, l.id); return err }) == nil {
 				l.meta = meta
 			}
 		case r < 85:
 			l := pickLayer(c.layers, rng, nil)
 			if l.mounts > 0 && rng.IntN(2) == 0 {
-				if lr.op("cli unmount", knownRace, func() error { _, err := run("unmount", l.id); return err }) == nil {
+				if lr.op("cli unmount", nil, func() error { _, err := run("unmount", l.id); return err }) == nil {
 					l.mounts--
 				}
-			} else if lr.op("cli mount", knownRace, func() error { _, err := run("mount", l.id); return err }) == nil {
+			} else if lr.op("cli mount", nil, func() error { _, err := run("mount", l.id); return err }) == nil {
 				l.mounts++
 			}
 		case r < 95:
@@ -671,14 +645,14 @@ func (lr *loadRun) cliClient(c *cliClient, rng *rand.Rand) {
 				continue
 			}
 			for ; l.mounts > 0; l.mounts-- {
-				lr.op("cli unmount", knownRace, func() error { _, err := run("unmount", l.id); return err })
+				lr.op("cli unmount", nil, func() error { _, err := run("unmount", l.id); return err })
 			}
-			if lr.op("cli delete-layer", knownRace, func() error { _, err := run("delete-layer", l.id); return err }) == nil {
+			if lr.op("cli delete-layer", nil, func() error { _, err := run("delete-layer", l.id); return err }) == nil {
 				delete(c.layers, l.id)
 				c.gone = append(c.gone, l.id)
 			}
 		default:
-			lr.op("cli layers", knownRace, func() error { _, err := run("layers"); return err })
+			lr.op("cli layers", nil, func() error { _, err := run("layers"); return err })
 		}
 	}
 }

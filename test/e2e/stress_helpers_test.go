@@ -40,18 +40,6 @@ import (
 // variants of the crash, load and access tests.
 func stressMode() bool { return os.Getenv("CS_STRESS") == "1" }
 
-// knownBugs (CS_E2E_BUGS=1) runs the tests that fail on bugs found and not
-// yet fixed, and the racing that reaches them in the other tests; off, the
-// default suite stays green.
-func knownBugs() bool { return os.Getenv("CS_E2E_BUGS") == "1" }
-
-// avoidKnownBugs: unless CS_E2E_BUGS=1, the crash and load tests keep
-// clear of the bugs the tests in bugs_test.go show, so that what they find
-// is new: containerd's garbage collection never runs while blobs are being
-// written to the daemon directly (TestBugGCDeletesFreshBlob), and no two
-// image chains share a layer's content (TestBugSharedTarSplit).
-func avoidKnownBugs() bool { return !knownBugs() }
-
 // envInt reads an integer knob: the variable if set, else def (or
 // stressDef in stress mode).
 func envInt(t testing.TB, name string, def, stressDef int) int {
