@@ -313,6 +313,12 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 	if err != nil {
 		return CheckReport{}, err
 	}
+	// The second look at images lists layers, then images, both after
+	// the first look: a layer missing then whose image is still there
+	// with the same top layer is missing for good, since containerd's
+	// snapshot keys are never made twice and a layer goes only after
+	// those above it.
+	var imageRecheck *checkNow
 	examined := map[string]bool{}
 	for _, img := range images.list {
 		id := img.ID
@@ -357,7 +363,13 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 		// Still there? An image that went meanwhile has no problems; one
 		// still there is asked again about its data, and a layer it
 		// misses must still be missing.
-		fresh, err := recheck.image(id)
+		if imageRecheck == nil {
+			imageRecheck = &checkNow{s: s}
+			if _, err := imageRecheck.layerIndex(); err != nil {
+				return CheckReport{}, err
+			}
+		}
+		fresh, err := imageRecheck.image(id)
 		if err != nil {
 			return CheckReport{}, err
 		}
@@ -383,7 +395,7 @@ func (s *store) Check(options *CheckOptions) (CheckReport, error) {
 				errs = append(errs, l.errs...)
 				continue
 			}
-			there, err := recheck.layerExists(l.missing)
+			there, err := imageRecheck.layerExists(l.missing)
 			if err != nil {
 				return CheckReport{}, err
 			}
