@@ -37,6 +37,15 @@ type StoreOptions struct {
 	RunRoot string `json:"runroot,omitempty"`
 	// GraphRoot is the cs-snapshotter root: the daemon's --root.
 	GraphRoot string `json:"root,omitempty"`
+	// ImageStore is a separate image store (containers/storage's
+	// --image-store, storage.conf's imagestore). Not supported yet:
+	// GetStore refuses it (issue 8).
+	ImageStore string `json:"imagestore,omitempty"`
+	// ROImageStores are additional read-only image stores (storage.conf's
+	// additionalimagestores; containers/storage takes them as
+	// "overlay.imagestore=PATH" in GraphDriverOptions, which GetStore reads
+	// too). Not supported yet: GetStore refuses them (issue 8).
+	ROImageStores []string `json:"additionalimagestores,omitempty"`
 	// GraphDriverName must be "" or "overlay".
 	GraphDriverName string `json:"driver,omitempty"`
 	// GraphDriverOptions are "overlay.<option>=<value>" settings; those the
@@ -90,6 +99,9 @@ func GetStore(options StoreOptions) (Store, error) {
 	}
 	if options.GraphDriverName != "" && options.GraphDriverName != "overlay" {
 		return nil, fmt.Errorf("storage driver %q: only \"overlay\" is available: %w", options.GraphDriverName, ErrNotSupported)
+	}
+	if err := CheckImageStores(options); err != nil {
+		return nil, err
 	}
 	for _, p := range []*string{&options.GraphRoot, &options.RunRoot} {
 		abs, err := filepath.Abs(*p)

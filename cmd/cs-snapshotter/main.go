@@ -23,6 +23,7 @@ import (
 
 	storage "github.com/cs-snapshotter/cs-snapshotter"
 	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/storageconf"
 )
 
 const progName = "cs-snapshotter"
@@ -36,6 +37,12 @@ type globalOptions struct {
 	storageOpts []string
 	debug       bool
 	transient   bool
+	imageStore  string
+
+	// storageConf names a containers-storage storage.conf to read;
+	// defaultStorageConf reads the one containers/storage would.
+	storageConf        string
+	defaultStorageConf bool
 
 	containerd          string
 	containerdNamespace string
@@ -46,6 +53,9 @@ func (g *globalOptions) register(fs *flagSet) {
 	fs.stringVar(&g.run, []string{"--run", "-R"}, "Root of the runtime state tree")
 	fs.stringVar(&g.graph, []string{"--graph", "-g"}, "Root of the storage tree")
 	fs.boolVar(&g.transient, []string{"--transient-store"}, "Transient store")
+	fs.stringVar(&g.imageStore, []string{"--image-store"}, "Root of the separate image store (not supported yet)")
+	fs.stringVar(&g.storageConf, []string{"--storage-conf"}, "Read this containers-storage storage.conf; flags given win over it")
+	fs.boolVar(&g.defaultStorageConf, []string{"--default-storage-conf"}, "Read storage.conf where containers-storage does ($"+storageconf.EnvVar+", "+storageconf.OverrideFile+", "+storageconf.SystemFile+")")
 	fs.stringVar(&g.driver, []string{"--storage-driver", "-s"}, "Storage driver to use: overlay ($STORAGE_DRIVER)")
 	fs.listVar(&g.storageOpts, []string{"--storage-opt"}, "Set storage driver options ($STORAGE_OPTS)")
 	fs.boolVar(&g.debug, []string{"--debug", "-D"}, "Print debugging information")
@@ -153,15 +163,33 @@ func init() {
 // rawServe runs `serve`. Global flags given before it become the daemon's
 // defaults; serve's own flags override them.
 func rawServe(ctx context.Context, g *globalOptions, set *flagSet, args []string) error {
-	if err := checkDriver(g.driver); err != nil {
+	conf, err := g.loadStorageConf(os.Stderr)
+	if err != nil {
 		return err
 	}
-	var pre []string
-	if set.isSet("--graph") {
-		pre = append(pre, "--root", g.graph)
+	o, err := g.resolve(set.isSet, os.Getenv, conf, config.Config{})
+	if err != nil {
+		return err
 	}
-	if set.isSet("--run") {
-		pre = append(pre, "--run-root", g.run)
+	if err := checkDriver(o.GraphDriverName); err != nil {
+		return err
+	}
+	// The daemon has no image stores yet either.
+	if err := storage.CheckImageStores(o); err != nil {
+		return err
+	}
+	// What the flags or the storage.conf set; the rest is the daemon's
+	// own configuration.
+	var file storageconf.Options
+	if conf != nil {
+		file = conf.Options
+	}
+	var pre []string
+	if set.isSet("--graph") || file.GraphRoot != "" {
+		pre = append(pre, "--root", o.GraphRoot)
+	}
+	if set.isSet("--run") || file.RunRoot != "" {
+		pre = append(pre, "--run-root", o.RunRoot)
 	}
 	if g.debug {
 		pre = append(pre, "--log-level", "debug")
@@ -267,20 +295,23 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		errorf(stderr, "%s: too many arguments (%s) (usage: %s %s %s)", name, strings.Join(args, " "), progName, name, cmd.optionsHelp)
 		return 1
 	}
-	// As containers-storage's defaults: $STORAGE_DRIVER and $STORAGE_OPTS
-	// (comma-separated) stand in for flags not given.
-	if env := os.Getenv("STORAGE_DRIVER"); env != "" && !global.isSet("--storage-driver") && !fs.isSet("--storage-driver") {
-		g.driver = env
-	}
-	if env := os.Getenv("STORAGE_OPTS"); env != "" && len(g.storageOpts) == 0 {
-		g.storageOpts = strings.Split(env, ",")
-	}
-	if err := checkDriver(g.driver); err != nil {
+	conf, err := g.loadStorageConf(stderr)
+	if err != nil {
 		errorf(stderr, "%v", err)
 		return 1
 	}
-	storeOptions, err := g.storeOptions(global.isSet("--graph") || fs.isSet("--graph"), global.isSet("--run") || fs.isSet("--run"))
+	cfg, err := config.Load(config.DefaultPath, false)
 	if err != nil {
+		errorf(stderr, "%v", err)
+		return 1
+	}
+	isSet := func(name string) bool { return global.isSet(name) || fs.isSet(name) }
+	storeOptions, err := g.resolve(isSet, os.Getenv, conf, cfg)
+	if err != nil {
+		errorf(stderr, "%v", err)
+		return 1
+	}
+	if err := checkDriver(storeOptions.GraphDriverName); err != nil {
 		errorf(stderr, "%v", err)
 		return 1
 	}
@@ -316,32 +347,95 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return code
 }
 
-// storeOptions fills in what the flags left unset: the root and run root
-// from the daemon's configuration file when it exists, else the defaults.
-func (g *globalOptions) storeOptions(graphSet, runSet bool) (storage.StoreOptions, error) {
-	graph, run := g.graph, g.run
-	cfg, err := config.Load(config.DefaultPath, false)
-	if err != nil {
-		return storage.StoreOptions{}, err
+// loadStorageConf reads the storage.conf --storage-conf names, or with
+// --default-storage-conf the one containers/storage would read; nil when
+// neither is given (or no file is there). Its warnings go to stderr.
+func (g *globalOptions) loadStorageConf(stderr io.Writer) (*storageconf.Config, error) {
+	var conf *storageconf.Config
+	var err error
+	switch {
+	case g.storageConf != "":
+		conf, err = storageconf.Load(g.storageConf)
+	case g.defaultStorageConf:
+		conf, err = storageconf.LoadDefault()
 	}
-	if !graphSet {
-		graph = cfg.Root
+	if err != nil || conf == nil {
+		return nil, err
 	}
-	if !runSet {
-		run = cfg.RunRoot
+	for _, w := range conf.Warnings {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", progName, w)
 	}
-	return storage.StoreOptions{
-		RunRoot:            run,
-		GraphRoot:          graph,
+	return conf, nil
+}
+
+// resolve makes the store's options. Each comes from the first of: the
+// flag, when given (isSet); $STORAGE_DRIVER or $STORAGE_OPTS (getenv), as
+// containers-storage's defaults; the storage.conf read (conf, may be nil);
+// the daemon's configuration file (cfg: root and run root); the defaults.
+// As in containers/storage (and podman), --storage-opt or $STORAGE_OPTS
+// replace the file's driver options as a whole, additionalimagestores
+// included.
+func (g *globalOptions) resolve(isSet func(string) bool, getenv func(string) string, conf *storageconf.Config, cfg config.Config) (storage.StoreOptions, error) {
+	var file storageconf.Options
+	if conf != nil {
+		file = conf.Options
+	}
+	o := storage.StoreOptions{
+		GraphRoot:          g.graph,
+		RunRoot:            g.run,
 		GraphDriverName:    g.driver,
 		GraphDriverOptions: g.storageOpts,
 		TransientStore:     g.transient,
+		ImageStore:         g.imageStore,
 
 		ContainerdAddress:     g.containerd,
 		ContainerdNamespace:   g.containerdNamespace,
 		ContainerdSnapshotter: g.containerdSnapshot,
 		MaxLayerSize:          cfg.Snapshotter.MaxLayerSize,
-	}, nil
+	}
+	if !isSet("--graph") {
+		switch {
+		case file.GraphRoot != "":
+			o.GraphRoot = file.GraphRoot
+			// containers/storage's default storage.conf names its own
+			// store: cs-snapshotter must not write into it.
+			if storageconf.IsContainersStorageRoot(o.GraphRoot) {
+				return o, fmt.Errorf("%s: graphroot %s is a containers/storage store, which cs-snapshotter does not read and must not write into; give cs-snapshotter its own root (--graph)", conf.File, o.GraphRoot)
+			}
+		case cfg.Root != "":
+			o.GraphRoot = cfg.Root
+		}
+	}
+	if !isSet("--run") {
+		switch {
+		case file.RunRoot != "":
+			o.RunRoot = file.RunRoot
+		case cfg.RunRoot != "":
+			o.RunRoot = cfg.RunRoot
+		}
+	}
+	if !isSet("--storage-driver") {
+		if env := getenv("STORAGE_DRIVER"); env != "" {
+			o.GraphDriverName = env
+		} else if file.GraphDriverName != "" {
+			o.GraphDriverName = file.GraphDriverName
+		}
+	}
+	if len(g.storageOpts) == 0 {
+		if env := getenv("STORAGE_OPTS"); env != "" {
+			o.GraphDriverOptions = strings.Split(env, ",")
+		} else {
+			o.GraphDriverOptions = file.GraphDriverOptions
+			o.ROImageStores = file.ROImageStores
+		}
+	}
+	if !isSet("--transient-store") {
+		o.TransientStore = file.TransientStore
+	}
+	if !isSet("--image-store") {
+		o.ImageStore = file.ImageStore
+	}
+	return o, nil
 }
 
 func setupLogging(stderr io.Writer, debug bool, o storage.StoreOptions) {

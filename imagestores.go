@@ -1,0 +1,77 @@
+package storage
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// imageStoreOption is an image store StoreOptions name, and where.
+type imageStoreOption struct {
+	path string
+	// option names it as the user gave it: "imagestore",
+	// "additionalimagestores", "storage option overlay.imagestore".
+	option string
+	// separate: the separate (writable) image store; otherwise a
+	// read-only additional one.
+	separate bool
+}
+
+// imageStoreOptions lists the image stores options names: ImageStore,
+// ROImageStores, then the "overlay.imagestore=PATH[,PATH...]" (also
+// "additionalimagestore" and "additionalimagestores") GraphDriverOptions,
+// as containers/storage's overlay driver reads them.
+func imageStoreOptions(o StoreOptions) []imageStoreOption {
+	var list []imageStoreOption
+	if o.ImageStore != "" {
+		list = append(list, imageStoreOption{path: o.ImageStore, option: "--image-store, storage.conf imagestore", separate: true})
+	}
+	for _, p := range o.ROImageStores {
+		if p != "" {
+			list = append(list, imageStoreOption{path: filepath.Clean(p), option: "storage.conf additionalimagestores"})
+		}
+	}
+	for _, opt := range o.GraphDriverOptions {
+		key, val, ok := strings.Cut(opt, "=")
+		if !ok {
+			continue
+		}
+		name := strings.ToLower(strings.TrimSpace(key))
+		for _, prefix := range []string{"overlay.", "overlay2.", "."} {
+			name = strings.TrimPrefix(name, prefix)
+		}
+		switch name {
+		case "imagestore", "additionalimagestore", "additionalimagestores":
+		default:
+			continue
+		}
+		for _, p := range strings.Split(val, ",") {
+			if p != "" {
+				list = append(list, imageStoreOption{path: filepath.Clean(p), option: "storage option " + strings.TrimSpace(key)})
+			}
+		}
+	}
+	return list
+}
+
+// unsupportedError is an option the store does not implement yet.
+type unsupportedError struct{ msg string }
+
+func (e *unsupportedError) Error() string { return e.msg }
+func (e *unsupportedError) Unwrap() error { return ErrNotSupported }
+
+// CheckImageStores refuses the separate and the additional image stores,
+// which the store does not implement yet (issue 8), naming the option and
+// the path. It touches nothing on disk.
+func CheckImageStores(o StoreOptions) error {
+	list := imageStoreOptions(o)
+	if len(list) == 0 {
+		return nil
+	}
+	s := list[0]
+	kind := "additional image store"
+	if s.separate {
+		kind = "image store"
+	}
+	return &unsupportedError{msg: fmt.Sprintf("%s %s (%s): not supported yet by cs-snapshotter (issue 8)", kind, s.path, s.option)}
+}
