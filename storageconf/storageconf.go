@@ -242,7 +242,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	return c, nil
 }
 
-var typeMismatch = regexp.MustCompile(`^toml: cannot decode TOML (\S+) into .* of type (\S+)$`)
+var typeMismatch = regexp.MustCompile(`^toml: cannot decode TOML (\S+) into .*? of type (.+)$`)
 
 var typeNames = map[string]string{
 	"string":                  "a string",
@@ -261,7 +261,11 @@ func decodeError(file string, err error) error {
 		e.Key = strings.Join(de.Key(), ".")
 		if m := typeMismatch.FindStringSubmatch(de.Error()); m != nil {
 			want := typeNames[m[2]]
-			if want == "" {
+			switch {
+			case want != "":
+			case strings.HasPrefix(m[2], "struct") || strings.HasPrefix(m[2], "storageconf."):
+				want = "a table"
+			default:
 				want = "a " + m[2]
 			}
 			e.Msg = fmt.Sprintf("want %s, not a TOML %s", want, m[1])
