@@ -160,8 +160,9 @@ func init() {
 	)
 }
 
-// rawServe runs `serve`. Global flags given before it become the daemon's
-// defaults; serve's own flags override them.
+// rawServe runs `serve`. Global flags given before it, and the graphroot
+// and runroot of the storage.conf read, become the daemon's defaults;
+// serve's own flags override them.
 func rawServe(ctx context.Context, g *globalOptions, set *flagSet, args []string) error {
 	conf, err := g.loadStorageConf(os.Stderr)
 	if err != nil {
