@@ -135,8 +135,8 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{
-			name: "containers-storage-v1.50.2.conf",
-			data: readTestdata(t, "containers-storage-v1.50.2.conf"),
+			name: "distro-default.conf",
+			data: readTestdata(t, "distro-default.conf"),
 			want: Options{
 				RunRoot: "/run/containers/storage", GraphRoot: "/var/lib/containers/storage", GraphDriverName: "overlay",
 				GraphDriverOptions: []string{"overlay.mountopt=nodev"},
@@ -147,10 +147,10 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{
-			// containers/storage's own test file: $HOME and $UID expanded,
-			// as it does for the roots.
-			name: "containers-storage-v1.50.2-test.conf",
-			data: readTestdata(t, "containers-storage-v1.50.2-test.conf"),
+			// $HOME and $UID expanded, as containers/storage does for
+			// the roots.
+			name: "per-user-roots.conf",
+			data: readTestdata(t, "per-user-roots.conf"),
 			want: Options{
 				RunRoot: "/home/u/" + uid + "/containers/storage", GraphRoot: "/home/u/" + uid + "/containers/storage",
 				GraphDriverOptions: []string{"overlay.mountopt=nodev"},
@@ -164,12 +164,12 @@ func TestParse(t *testing.T) {
 		},
 		{
 			// Keys in the wrong table are unknown, with their lines.
-			name: "containers-storage-v1.50.2-broken.conf",
-			data: readTestdata(t, "containers-storage-v1.50.2-broken.conf"),
+			name: "misplaced-keys.conf",
+			data: readTestdata(t, "misplaced-keys.conf"),
 			want: Options{RunRoot: "/run/containers/test"},
 			warns: []warn{
-				{key: "foo", line: 5, msg: "unknown option"},
-				{key: "storage.options.graphroot", line: 17, msg: "unknown option"},
+				{key: "foo", line: 3, msg: "unknown option"},
+				{key: "storage.options.graphroot", line: 12, msg: "unknown option"},
 			},
 		},
 		{
