@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	storage "github.com/cs-snapshotter/cs-snapshotter"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
 )
 
@@ -30,6 +32,18 @@ type DaemonClient struct {
 	conn        *grpc.ClientConn
 	Snapshotter snapshots.Snapshotter
 	Content     content.Store
+}
+
+// openStore opens the store on the daemon's root, through the daemon;
+// it is freed when the test ends.
+func (e *Env) openStore(t *testing.T) storage.Store {
+	t.Helper()
+	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Free() })
+	return s
 }
 
 // DialDaemon connects to the Env's cs-snapshotter socket. In

@@ -54,11 +54,7 @@ func TestBugSharedTarSplit(t *testing.T) {
 		names = append(names, name)
 	}
 	e.MustCtr("images", "rm", "--sync", names[0])
-	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Free()
+	s := e.openStore(t)
 	report, err := s.Check(checkEverythingOld())
 	if err != nil {
 		t.Fatal(err)
@@ -99,11 +95,7 @@ func TestBugGCDeletesFreshBlob(t *testing.T) {
 	requireDaemon(t)
 	e := NewEnv(t)
 	c := e.containerdClient(t)
-	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Free()
+	s := e.openStore(t)
 	l, _, err := s.PutLayer("", "", []string{"x"}, "", false, nil, layerStream(1, 1000))
 	if err != nil {
 		t.Fatal(err)
@@ -357,11 +349,7 @@ func TestBugListingsRaceContainerdGC(t *testing.T) {
 	// one stands, containerd's GC cannot remove that layer, logs it and
 	// removes it at a later pass.
 	e.ExpectContainerdLog("failed to remove snapshot", "cannot remove snapshot with child")
-	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Free()
+	s := e.openStore(t)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -429,11 +417,7 @@ func TestBugCheckOtherNamespace(t *testing.T) {
 	if _, err := cs.CreateContainer("", []string{"made-through-containerd"}, img.ID, "", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ds.Free()
+	ds := e.openStore(t)
 	report, err := ds.Check(checkEverythingOld())
 	if err != nil {
 		t.Fatal(err)
@@ -455,15 +439,7 @@ func TestBugCheckOtherNamespace(t *testing.T) {
 func TestBugAddNamesRace(t *testing.T) {
 	requireDaemon(t)
 	e := NewEnv(t)
-	open := func() storage.Store {
-		s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Free() })
-		return s
-	}
-	a, b, c := open(), open(), open()
+	a, b, c := e.openStore(t), e.openStore(t), e.openStore(t)
 	mine, _, err := a.PutLayer("", "", nil, "", false, nil, layerStream(1, 10))
 	if err != nil {
 		t.Fatal(err)
@@ -534,11 +510,7 @@ func TestBugGCPassFailsOnStoreDelete(t *testing.T) {
 	requireDaemon(t)
 	e := NewEnv(t)
 	c := e.containerdClient(t)
-	s, err := storage.GetStore(storage.StoreOptions{GraphRoot: e.CSRoot, RunRoot: filepath.Join(e.Dir, "store-run")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Free()
+	s := e.openStore(t)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
