@@ -125,6 +125,15 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		cslabels.Compression:        res.Compression.String(),
 	}
 	if res.Reproducible {
+		// Recorded before the blob takes this snapshot's reference: killed
+		// in between, the record still names the blob, and the snapshot's
+		// Remove releases it.
+		pending := map[string]string{cslabels.TarSplit: w.Digest().String()}
+		if err := s.db.Update(ctx, func(_ context.Context, tx *bolt.Tx) error {
+			return metadata.AppliedRecords(tx).Put(id, pending)
+		}); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", dgst, err)
+		}
 		ts, err := contentstore.CommitReferenced(ctx, s.cs, w, map[string]string{BlobRef(id): "tar-split"})
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("apply %s: store tar-split: %w", dgst, err)

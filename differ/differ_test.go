@@ -32,6 +32,7 @@ type env struct {
 	ctx  context.Context
 	sn   *snapshotter.Snapshotter
 	cs   *contentstore.Store
+	db   *metadata.DB
 	diff *differ.Service
 }
 
@@ -56,7 +57,7 @@ func newEnvLimited(t *testing.T, maxLayerSize int64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ctx: ctx, cs: cs}
+	e := &env{ctx: ctx, cs: cs, db: db}
 	e.sn, err = snapshotter.New(ctx, root, db, snapshotter.Options{
 		Removed: func(ctx context.Context, id string, l map[string]string) { e.diff.Released(ctx, id, l) },
 	})
@@ -329,4 +330,58 @@ func TestSharedTarSplit(t *testing.T) {
 	if _, err := e.cs.Info(e.ctx, ts); !errdefs.IsNotFound(err) {
 		t.Errorf("tar-split outlived both snapshots: %v", err)
 	}
+}
+
+// cutAfterCommit is a content store whose writers commit and then fail, as
+// a daemon killed right after the commit leaves things.
+type cutAfterCommit struct{ content.Store }
+
+func (c cutAfterCommit) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	w, err := c.Store.Writer(ctx, opts...)
+	return cutWriter{w}, err
+}
+
+type cutWriter struct{ content.Writer }
+
+func (w cutWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	if err := w.Writer.Commit(ctx, size, expected, opts...); err != nil {
+		return err
+	}
+	return errdefs.ErrUnavailable
+}
+
+// TestApplyCutAfterTarSplit: an Apply cut short once its tar-split blob
+// holds the snapshot's reference (the daemon killed there) leaves a record
+// naming it, so removing the snapshot releases the blob: none leaks.
+func TestApplyCutAfterTarSplit(t *testing.T) {
+	e := newEnv(t)
+	blob, _ := layerBlob(t, map[string]string{"etc/cut": "cut"})
+	desc := e.store(t, blob)
+	before := blobCount(t, e)
+	cut := differ.New(e.sn, cutAfterCommit{e.cs}, e.db, 0)
+	mounts, err := e.sn.Prepare(e.ctx, "extract", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cut.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: apiMounts(mounts)}); err == nil {
+		t.Fatal("Apply whose tar-split commit was cut short succeeded")
+	}
+	if n := blobCount(t, e); n != before+1 {
+		t.Fatalf("%d blobs after the cut Apply, want %d (its tar-split)", n, before+1)
+	}
+	if err := e.sn.Remove(e.ctx, "extract"); err != nil {
+		t.Fatal(err)
+	}
+	if n := blobCount(t, e); n != before {
+		t.Errorf("%d blobs after the snapshot went, want %d: the tar-split leaked", n, before)
+	}
+}
+
+func blobCount(t *testing.T, e *env) int {
+	t.Helper()
+	n := 0
+	if err := e.cs.Walk(e.ctx, func(content.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
