@@ -6,19 +6,23 @@ package overlayutils
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 )
 
 // MaxLowerDirs is the kernel's limit on overlay lower layers (OVL_MAX_STACK).
 const MaxLowerDirs = 500
 
 // Check reports why root cannot hold overlay snapshots, or nil if it can.
+// Its caller must hold root (the checks mount in it).
 func Check(root string) error {
+	removeCheckLeftovers(root)
 	dtype, err := fs.SupportsDType(root)
 	if err != nil {
 		return fmt.Errorf("check d_type support on %s: %w", root, err)
@@ -100,4 +104,35 @@ func Mounts(l Layers, options []string) ([]mount.Mount, error) {
 	opts = append(opts, "lowerdir="+strings.Join(l.Lowers, ":"))
 	opts = append(opts, options...)
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: opts}}, nil
+}
+
+// removeCheckLeftovers undoes what a check killed midway left in root:
+// containerd's probes mount an overlay in a directory of root and remove
+// it afterwards.
+func removeCheckLeftovers(root string) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || !strings.HasPrefix(name, "multiple-lowerdir-check") && name != "userxattr-check" {
+			continue
+		}
+		dir := filepath.Join(root, name)
+		// Mounts anywhere below, deepest first (userxattr-check nests one
+		// level further).
+		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() && d.Name() == "merged" {
+				if err := mount.UnmountAll(p, unix.MNT_DETACH); err != nil {
+					log.L.WithError(err).WithField("path", p).Warn("unmount an overlay check left")
+				}
+				return filepath.SkipDir
+			}
+			return nil
+		})
+		if err := os.RemoveAll(dir); err != nil {
+			log.L.WithError(err).WithField("path", dir).Warn("remove an overlay check left")
+		}
+	}
 }

@@ -1,6 +1,8 @@
 package overlayutils
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -65,5 +67,42 @@ func TestCheck(t *testing.T) {
 	}
 	if err := Check("/nonexistent/dir"); err == nil || !strings.Contains(err.Error(), "/nonexistent/dir") {
 		t.Errorf("check of a missing dir: %v", err)
+	}
+}
+
+// TestCheckRemovesLeftovers: a check killed with its probe mounted leaves
+// a mounted overlay in the root; the next Check undoes it.
+func TestCheckRemovesLeftovers(t *testing.T) {
+	root := t.TempDir()
+	probe := filepath.Join(root, "multiple-lowerdir-check123456")
+	for _, d := range []string{"lower1", "lower2", "upper", "work", "merged"} {
+		if err := os.MkdirAll(filepath.Join(probe, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{
+		"lowerdir=" + filepath.Join(probe, "lower2") + ":" + filepath.Join(probe, "lower1"),
+		"upperdir=" + filepath.Join(probe, "upper"), "workdir=" + filepath.Join(probe, "work"),
+	}}
+	merged := filepath.Join(probe, "merged")
+	if err := m.Mount(merged); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(merged, 0) })
+	other := filepath.Join(root, "snapshots")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(root); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(probe); !os.IsNotExist(err) {
+		t.Errorf("the killed check's directory is still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("Check removed what is not a check's: %v", err)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), probe) {
+		t.Error("the killed check's overlay is still mounted")
 	}
 }
