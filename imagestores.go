@@ -60,10 +60,25 @@ type unsupportedError struct{ msg string }
 func (e *unsupportedError) Error() string { return e.msg }
 func (e *unsupportedError) Unwrap() error { return ErrNotSupported }
 
-// CheckImageStores refuses the separate and the additional image stores,
-// which the store does not implement yet (issue 8), naming the option and
-// the path. It touches nothing on disk.
+// CheckImageStores refuses the image stores GetStore does not implement
+// yet (issue 8), naming the option and the path: the separate image store,
+// and additional read-only ones when the store is opened through
+// containerd (ContainerdAddress). It touches nothing on disk.
 func CheckImageStores(o StoreOptions) error {
+	for _, s := range imageStoreOptions(o) {
+		switch {
+		case s.separate:
+			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported yet by cs-snapshotter (issue 8)", s.path, s.option)}
+		case o.ContainerdAddress != "":
+			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)", s.path, s.option)}
+		}
+	}
+	return nil
+}
+
+// CheckNoImageStores refuses any image store, separate or additional, for
+// what (e.g. "the daemon") that does not take them yet (issue 8).
+func CheckNoImageStores(o StoreOptions, what string) error {
 	list := imageStoreOptions(o)
 	if len(list) == 0 {
 		return nil
@@ -73,5 +88,5 @@ func CheckImageStores(o StoreOptions) error {
 	if s.separate {
 		kind = "image store"
 	}
-	return &unsupportedError{msg: fmt.Sprintf("%s %s (%s): not supported yet by cs-snapshotter (issue 8)", kind, s.path, s.option)}
+	return &unsupportedError{msg: fmt.Sprintf("%s %s (%s): not supported yet by %s (issue 8)", kind, s.path, s.option, what)}
 }

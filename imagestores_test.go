@@ -6,29 +6,33 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 )
 
-// The separate and the additional image stores are refused, naming the
-// option and the path, before anything is made on disk.
+// The separate image store is refused, naming the option and the path,
+// and so is an additional store that is not a store (here: missing), both
+// before anything is made on disk.
 func TestImageStoresNotSupportedYet(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		set  func(o *StoreOptions)
 		want string
+		is   error
 	}{
 		{"ImageStore", func(o *StoreOptions) { o.ImageStore = "/srv/images" },
-			"image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter (issue 8)"},
+			"image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter (issue 8)", ErrNotSupported},
 		{"ROImageStores", func(o *StoreOptions) { o.ROImageStores = []string{"", "/mnt/nfs/images/"} },
-			"additional image store /mnt/nfs/images (storage.conf additionalimagestores): not supported yet by cs-snapshotter (issue 8)"},
+			"additional image store /mnt/nfs/images (storage.conf additionalimagestores): /mnt/nfs/images does not exist", metadata.ErrNotRoot},
 		{"overlay.imagestore", func(o *StoreOptions) {
 			o.GraphDriverOptions = []string{"overlay.mountopt=nodev", "overlay.imagestore=/a,/b"}
-		}, "additional image store /a (storage option overlay.imagestore): not supported yet"},
+		}, "additional image store /a (storage option overlay.imagestore): /a does not exist", metadata.ErrNotRoot},
 		{"overlay.additionalimagestores", func(o *StoreOptions) {
 			o.GraphDriverOptions = []string{"overlay.additionalimagestores=,/c"}
-		}, "additional image store /c (storage option overlay.additionalimagestores)"},
+		}, "additional image store /c (storage option overlay.additionalimagestores)", metadata.ErrNotRoot},
 		{"additionalimagestore, no prefix", func(o *StoreOptions) {
 			o.GraphDriverOptions = []string{"AdditionalImageStore=/d"}
-		}, "additional image store /d (storage option AdditionalImageStore)"},
+		}, "additional image store /d (storage option AdditionalImageStore)", metadata.ErrNotRoot},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -42,8 +46,8 @@ func TestImageStoresNotSupportedYet(t *testing.T) {
 			if err.Error() != tc.want && !strings.HasPrefix(err.Error(), tc.want) {
 				t.Errorf("%q, want %q", err, tc.want)
 			}
-			if !errors.Is(err, ErrNotSupported) {
-				t.Errorf("%v is not ErrNotSupported", err)
+			if !errors.Is(err, tc.is) {
+				t.Errorf("%v is not %v", err, tc.is)
 			}
 			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 				t.Errorf("GetStore made %v", entries)

@@ -44,7 +44,8 @@ type StoreOptions struct {
 	// ROImageStores are additional read-only image stores (storage.conf's
 	// additionalimagestores; containers/storage takes them as
 	// "overlay.imagestore=PATH" in GraphDriverOptions, which GetStore reads
-	// too). Not supported yet: GetStore refuses them (issue 8).
+	// too). Each is another cs-snapshotter root, read and never written
+	// (see rostores.go and docs/store.md); not with ContainerdAddress.
 	ROImageStores []string `json:"additionalimagestores,omitempty"`
 	// GraphDriverName must be "" or "overlay".
 	GraphDriverName string `json:"driver,omitempty"`
@@ -121,6 +122,17 @@ func GetStore(options StoreOptions) (Store, error) {
 		}
 		return s, nil
 	}
+	// The read-only image stores first: a bad one fails GetStore before
+	// the writable root is touched.
+	var ro []*roStore
+	for _, o := range imageStoreOptions(options) {
+		r, err := openROStore(s, o)
+		if err != nil {
+			closeRO(ro)
+			return nil, err
+		}
+		ro = append(ro, r)
+	}
 	cfg := config.Default()
 	cfg.Root = options.GraphRoot
 	cfg.RunRoot = options.RunRoot
@@ -134,16 +146,22 @@ func GetStore(options StoreOptions) (Store, error) {
 	case errors.As(err, &inUse) && inUse.Holder.Address != "":
 		c, err := daemon.DialStore(inUse.Holder.Address)
 		if err != nil {
+			closeRO(ro)
 			return nil, err
 		}
 		s.client = c
 		s.sn, s.cs = c.Snapshotter, nativeReads{c.Content}
 	default:
+		closeRO(ro)
 		return nil, err
 	}
 	if err := os.MkdirAll(s.opts.RunRoot, 0o700); err != nil {
+		closeRO(ro)
 		s.close()
 		return nil, fmt.Errorf("create run root: %w", err)
+	}
+	if len(ro) > 0 {
+		return &multiStore{store: s, ro: ro}, nil
 	}
 	return s, nil
 }

@@ -39,6 +39,8 @@ type Store struct {
 	blobs   digestLocks
 	readers readerCache
 	verity  bool
+	// readOnly: made by NewReadOnly.
+	readOnly bool
 }
 
 // New returns a content store keeping blobs under root.
@@ -74,6 +76,9 @@ func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, err
 // Update changes the labels of a blob, rejecting labels over containerd's
 // size limit.
 func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	if err := s.refuseWrite("update content"); err != nil {
+		return content.Info{}, err
+	}
 	if _, err := s.blobPath(info.Digest); err != nil {
 		return content.Info{}, fmt.Errorf("update content: %w", err)
 	}
@@ -102,6 +107,9 @@ func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...str
 // claim nothing once AbortOwn drops them at the next start; the other
 // order could leave a blob without the labels that say who uses it.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
+	if err := s.refuseWrite("delete content"); err != nil {
+		return err
+	}
 	p, err := s.blobPath(dgst)
 	if err != nil {
 		return fmt.Errorf("delete content: %w", err)
@@ -304,6 +312,9 @@ func (s *Store) listStatuses(ctx context.Context, fs ...string) ([]content.Statu
 // the root has just been opened: the daemon's own ingests, ingests whose
 // files are unreadable or missing, and labels whose blob is gone.
 func (s *Store) AbortOwn(ctx context.Context) error {
+	if err := s.refuseWrite("abort ingests"); err != nil {
+		return err
+	}
 	all, err := s.listStatuses(ctx)
 	if err != nil {
 		return err
@@ -423,6 +434,9 @@ func (s *Store) Status(ctx context.Context, ref string) (content.Status, error) 
 
 // Abort removes the ingest ref.
 func (s *Store) Abort(ctx context.Context, ref string) error {
+	if err := s.refuseWrite("abort ingest"); err != nil {
+		return err
+	}
 	if ref == "" {
 		return fmt.Errorf("abort ingest: ref must not be empty: %w", errdefs.ErrInvalidArgument)
 	}

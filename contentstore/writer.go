@@ -81,6 +81,9 @@ func (l *refLocks) unlock(ref string) {
 // Writer starts or resumes the ingest ref. Only one writer per ref may be
 // open at a time; another gets ErrUnavailable.
 func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	if err := s.refuseWrite("write content"); err != nil {
+		return nil, err
+	}
 	var wOpts content.WriterOpts
 	for _, opt := range opts {
 		if err := opt(&wOpts); err != nil {

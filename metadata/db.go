@@ -35,6 +35,10 @@ var (
 // callback; the daemon's own buckets with the *bolt.Tx passed alongside.
 type DB struct {
 	ms *storage.MetaStore
+	// readOnly: opened by OpenReadOnly; path is the file, opened anew for
+	// each transaction.
+	readOnly bool
+	path     string
 }
 
 // TxFunc runs inside a transaction. ctx carries the transaction for
@@ -89,7 +93,17 @@ func (db *DB) Update(ctx context.Context, fn TxFunc) error {
 }
 
 func (db *DB) with(ctx context.Context, writable bool, fn TxFunc) (err error) {
-	tctx, t, err := db.ms.TransactionContext(ctx, writable)
+	ms := db.ms
+	if db.readOnly {
+		if writable {
+			return fmt.Errorf("database %s is open read-only: %w", db.path, ErrReadOnly)
+		}
+		if ms, err = openReadOnly(db.path); err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
+	tctx, t, err := ms.TransactionContext(ctx, writable)
 	if err != nil {
 		return err
 	}
@@ -117,6 +131,9 @@ func (db *DB) with(ctx context.Context, writable bool, fn TxFunc) (err error) {
 
 // Close closes the database file.
 func (db *DB) Close() error {
+	if db.readOnly {
+		return nil
+	}
 	return db.ms.Close()
 }
 

@@ -54,6 +54,7 @@ type Snapshotter struct {
 	db          *metadata.DB
 	options     []string
 	asyncRemove bool
+	readOnly    bool // NewReadOnly
 	removed     func(ctx context.Context, id string, labels map[string]string)
 }
 
@@ -96,6 +97,9 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 
 // Update changes the labels of a snapshot.
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (updated snapshots.Info, err error) {
+	if err := s.refuseWrite("update snapshot", info.Name); err != nil {
+		return snapshots.Info{}, err
+	}
 	if err := validateKey("name", info.Name); err != nil {
 		return snapshots.Info{}, fmt.Errorf("update snapshot: %w", err)
 	}
@@ -166,6 +170,9 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	var snap storage.Snapshot
 	if err := s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) (err error) {
 		snap, err = storage.GetSnapshot(ctx, key)
+		if err != nil && errdefs.IsFailedPrecondition(err) && IsStoreCaller(ctx) {
+			snap, err = committedView(ctx, key)
+		}
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
@@ -175,6 +182,9 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 
 // Commit turns the active snapshot key into the committed snapshot name.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	if err := s.refuseWrite("commit snapshot", key); err != nil {
+		return err
+	}
 	if err := validateKey("key", key); err != nil {
 		return fmt.Errorf("commit snapshot: %w", err)
 	}
@@ -218,6 +228,9 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 
 // Remove deletes the snapshot key, which must have no children.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	if err := s.refuseWrite("remove snapshot", key); err != nil {
+		return err
+	}
 	if err := validateKey("key", key); err != nil {
 		return fmt.Errorf("remove snapshot: %w", err)
 	}
@@ -357,6 +370,9 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 // Cleanup removes directories no snapshot record refers to: those of removed
 // snapshots and those left by interrupted operations.
 func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	if err := s.refuseWrite("clean up", s.root); err != nil {
+		return err
+	}
 	var orphans []string
 	// Listing inside a write transaction serializes with create, whose
 	// temporary directory only exists inside its own write transaction.
@@ -397,6 +413,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 func (s *Snapshotter) Close() error { return nil }
 
 func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (mounts []mount.Mount, err error) {
+	if err := s.refuseWrite("create snapshot", key); err != nil {
+		return nil, err
+	}
 	if err := validateNewKey("key", key); err != nil {
 		return nil, fmt.Errorf("create snapshot: %w", err)
 	}

@@ -176,7 +176,7 @@ func rawServe(ctx context.Context, g *globalOptions, set *flagSet, args []string
 		return err
 	}
 	// The daemon has no image stores yet either.
-	if err := storage.CheckImageStores(o); err != nil {
+	if err := storage.CheckNoImageStores(o, "cs-snapshotter serve"); err != nil {
 		return err
 	}
 	// What the flags or the storage.conf set; the rest is the daemon's

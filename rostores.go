@@ -1,0 +1,654 @@
+package storage
+
+// Additional read-only image stores (containers/storage's roImageStores,
+// issue 8): other cs-snapshotter roots, read and never written.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+)
+
+// roStore is one additional read-only image store: the store code reading
+// another root through a snapshotter and a content store that refuse
+// every write (see roSnapshotter), either that root's daemon's (when one
+// serves it on this host) or the root's files read directly
+// (daemon.OpenReadOnly). Its mounts are counted in the writable store's
+// run root.
+type roStore struct {
+	path   string
+	option string
+	st     *store
+	via    string // "daemon ADDRESS" or "direct"
+	close  func() error
+}
+
+// readOnlyError is a write to an item of a read-only image store.
+func (r *roStore) readOnlyError(kind, id string) error {
+	return fmt.Errorf("%s %s is in the read-only image store %s: %w", kind, id, r.path, ErrStoreIsReadOnly)
+}
+
+// openROStore opens the additional image store o for s, without writing to
+// it or taking its lock.
+func openROStore(s *store, o imageStoreOption) (_ *roStore, err error) {
+	path, err := filepath.Abs(o.path)
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("additional image store %s (%s)", path, o.option)
+	if path == s.opts.GraphRoot {
+		return nil, fmt.Errorf("%s: it is the store's own graph root", name)
+	}
+	r := &roStore{path: path, option: o.option}
+	st := &store{opts: StoreOptions{GraphRoot: path, RunRoot: s.opts.RunRoot}, ctx: s.ctx}
+	// A daemon serving the root on this host: read through it, so this
+	// process and the daemon never meet on the database file.
+	if h, ok := daemon.ReadHolder(path); ok && h.Address != "" {
+		c, err := daemon.DialStore(h.Address)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			_, err = c.Snapshotter.Stat(ctx, internalPrefix+"probe")
+			cancel()
+			if err == nil || errdefs.IsNotFound(err) {
+				st.sn, st.cs = roSnapshotter{c.Snapshotter}, roContent{nativeReads{c.Content}}
+				r.st, r.via, r.close = st, "daemon "+h.Address, c.Close
+				return r, nil
+			}
+			c.Close()
+		}
+		// Nobody answers: a stale record; read the files.
+	}
+	cfg := config.Default()
+	cfg.Root = path
+	deadline := time.Now().Add(lockWait)
+	for {
+		ro, err := daemon.OpenReadOnly(s.ctx, cfg)
+		if err == nil {
+			st.sn, st.cs = roSnapshotter{ro.Snapshotter()}, roContent{ro.Content()}
+			r.st, r.via, r.close = st, "direct", ro.Close
+			return r, nil
+		}
+		if !errors.Is(err, metadata.ErrLocked) || time.Now().After(deadline) {
+			if h, ok := daemon.ReadHolder(path); ok && errors.Is(err, metadata.ErrLocked) {
+				return nil, fmt.Errorf("%s: in use by %s, which does not serve it on a socket: %w", name, h, err)
+			}
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		// An in-process store of another process holds the database
+		// (a short-lived command, usually): wait, as GetStore waits
+		// for a root.
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func closeRO(list []*roStore) {
+	for _, r := range list {
+		if r.close != nil {
+			r.close()
+		}
+	}
+}
+
+// roRefused is what the read-only snapshotter and content store answer a
+// write with.
+func roRefused(what string) error {
+	return fmt.Errorf("%s: %w: %w", what, ErrStoreIsReadOnly, errdefs.ErrFailedPrecondition)
+}
+
+// roSnapshotter reads a read-only store's snapshots. The store code's own
+// views (for Diff, Check and Mount) are answered with the committed
+// layer's read-only mounts (the snapshotter's Mounts of a committed key,
+// for the store only) instead of a view snapshot, and their removal does
+// nothing; every other write is refused.
+type roSnapshotter struct{ snapshots.Snapshotter }
+
+func (r roSnapshotter) View(ctx context.Context, key, parent string, _ ...snapshots.Opt) ([]mount.Mount, error) {
+	if !strings.HasPrefix(key, viewPrefix) && !strings.HasPrefix(key, mountPrefix) {
+		return nil, roRefused("view " + key)
+	}
+	return r.Snapshotter.Mounts(ctx, parent)
+}
+
+func (r roSnapshotter) Remove(ctx context.Context, key string) error {
+	if strings.HasPrefix(key, viewPrefix) || strings.HasPrefix(key, mountPrefix) {
+		return nil
+	}
+	return roRefused("remove " + key)
+}
+
+func (r roSnapshotter) Prepare(_ context.Context, key, _ string, _ ...snapshots.Opt) ([]mount.Mount, error) {
+	return nil, roRefused("prepare " + key)
+}
+
+func (r roSnapshotter) Commit(_ context.Context, name, _ string, _ ...snapshots.Opt) error {
+	return roRefused("commit " + name)
+}
+
+func (r roSnapshotter) Update(_ context.Context, info snapshots.Info, _ ...string) (snapshots.Info, error) {
+	return snapshots.Info{}, roRefused("update " + info.Name)
+}
+
+// Close leaves the snapshotter to whoever opened it (roStore.close).
+func (r roSnapshotter) Close() error { return nil }
+
+// roContent reads a read-only store's blobs and refuses every write.
+type roContent struct{ content.Store }
+
+func (r roContent) Writer(context.Context, ...content.WriterOpt) (content.Writer, error) {
+	return nil, roRefused("write content")
+}
+
+func (r roContent) Update(_ context.Context, info content.Info, _ ...string) (content.Info, error) {
+	return content.Info{}, roRefused("update content " + info.Digest.String())
+}
+
+func (r roContent) Delete(_ context.Context, d digest.Digest) error {
+	return roRefused("delete content " + d.String())
+}
+
+func (r roContent) Abort(_ context.Context, ref string) error {
+	return roRefused("abort " + ref)
+}
+
+// multiStore is a writable store with additional read-only image stores:
+// reads look in the writable store first, then in each read-only one in
+// order (so a name or ID in two stores is the writable store's, as in
+// containers/storage); writes to what only a read-only store holds answer
+// ErrStoreIsReadOnly. Everything else (containers, Check, GarbageCollect,
+// Wipe, ...) is the writable store's.
+type multiStore struct {
+	*store
+	ro []*roStore
+}
+
+var _ Store = (*multiStore)(nil)
+
+// unknown reports whether err says the item is not in that store.
+func unknown(err error) bool {
+	return errors.Is(err, ErrLayerUnknown) || errors.Is(err, ErrImageUnknown) ||
+		errors.Is(err, ErrNotAnID) || errors.Is(err, ErrContainerUnknown)
+}
+
+// first calls call on the writable store, then on each read-only store
+// while the answer is that the item is unknown; ro is the read-only store
+// that answered, nil for the writable one.
+func first[T any](m *multiStore, call func(*store) (T, error)) (v T, ro *roStore, err error) {
+	v, err = call(m.store)
+	if err == nil || !unknown(err) {
+		return v, nil, err
+	}
+	for _, r := range m.ro {
+		rv, rerr := call(r.st)
+		if rerr == nil {
+			return rv, r, nil
+		}
+		if !unknown(rerr) {
+			return rv, r, fmt.Errorf("read-only image store %s: %w", r.path, rerr)
+		}
+	}
+	return v, nil, err
+}
+
+// holderOf returns the read-only store holding item id (whatever exists
+// says) when the writable store does not; nil otherwise.
+func (m *multiStore) holderOf(id string, exists func(*store) bool) *roStore {
+	if exists(m.store) {
+		return nil
+	}
+	for _, r := range m.ro {
+		if exists(r.st) {
+			return r
+		}
+	}
+	return nil
+}
+
+func isLayer(id string) func(*store) bool {
+	return func(s *store) bool { _, err := s.Layer(id); return err == nil }
+}
+
+func isImage(id string) func(*store) bool {
+	return func(s *store) bool { _, err := s.Image(id); return err == nil }
+}
+
+func exists(id string) func(*store) bool {
+	return func(s *store) bool { return s.Exists(id) }
+}
+
+// Layers lists the writable store's layers, then those of each read-only
+// store not listed yet (ReadOnly set).
+func (m *multiStore) Layers() ([]Layer, error) {
+	out, err := m.store.Layers()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, l := range out {
+		seen[l.ID] = true
+	}
+	for _, r := range m.ro {
+		list, err := r.st.Layers()
+		if err != nil {
+			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+		}
+		for _, l := range list {
+			if !seen[l.ID] {
+				seen[l.ID] = true
+				l.ReadOnly = true
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Images lists the writable store's images, then those of each read-only
+// store not listed yet (ReadOnly set).
+func (m *multiStore) Images() ([]Image, error) {
+	out, err := m.store.Images()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, i := range out {
+		seen[i.ID] = true
+	}
+	for _, r := range m.ro {
+		list, err := r.st.Images()
+		if err != nil {
+			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+		}
+		for _, i := range list {
+			if !seen[i.ID] {
+				seen[i.ID] = true
+				i.ReadOnly = true
+				out = append(out, i)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (m *multiStore) Layer(id string) (*Layer, error) {
+	l, ro, err := first(m, func(s *store) (*Layer, error) { return s.Layer(id) })
+	if err == nil && ro != nil {
+		l.ReadOnly = true
+	}
+	return l, err
+}
+
+func (m *multiStore) Image(id string) (*Image, error) {
+	i, ro, err := first(m, func(s *store) (*Image, error) { return s.Image(id) })
+	if err == nil && ro != nil {
+		i.ReadOnly = true
+	}
+	return i, err
+}
+
+// layersFrom gathers a listing from every store, the writable one first,
+// deduplicated by ID, ReadOnly set on the read-only stores' layers.
+func (m *multiStore) layersFrom(list func(*store) ([]Layer, error)) ([]Layer, error) {
+	out, err := list(m.store)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, l := range out {
+		seen[l.ID] = true
+	}
+	for _, r := range m.ro {
+		more, err := list(r.st)
+		if err != nil && !unknown(err) {
+			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+		}
+		for _, l := range more {
+			if !seen[l.ID] {
+				seen[l.ID] = true
+				l.ReadOnly = true
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (m *multiStore) LayersByCompressedDigest(d digest.Digest) ([]Layer, error) {
+	return m.layersFrom(func(s *store) ([]Layer, error) { return s.LayersByCompressedDigest(d) })
+}
+
+func (m *multiStore) LayersByUncompressedDigest(d digest.Digest) ([]Layer, error) {
+	return m.layersFrom(func(s *store) ([]Layer, error) { return s.LayersByUncompressedDigest(d) })
+}
+
+// imagesFrom gathers images from every store, the writable one first,
+// deduplicated by ID; a store where the item is unknown adds none. It
+// fails as the writable store did when no store knows the item.
+func (m *multiStore) imagesFrom(list func(*store) ([]*Image, error)) ([]*Image, error) {
+	out, err := list(m.store)
+	if err != nil && !unknown(err) {
+		return nil, err
+	}
+	firstErr, known := err, err == nil
+	seen := map[string]bool{}
+	for _, i := range out {
+		seen[i.ID] = true
+	}
+	for _, r := range m.ro {
+		more, err := list(r.st)
+		if err != nil {
+			if unknown(err) {
+				continue
+			}
+			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+		}
+		known = true
+		for _, i := range more {
+			if !seen[i.ID] {
+				seen[i.ID] = true
+				i.ReadOnly = true
+				out = append(out, i)
+			}
+		}
+	}
+	if !known {
+		return nil, firstErr
+	}
+	if out == nil {
+		out = []*Image{}
+	}
+	return out, nil
+}
+
+func (m *multiStore) ImagesByTopLayer(id string) ([]*Image, error) {
+	return m.imagesFrom(func(s *store) ([]*Image, error) { return s.ImagesByTopLayer(id) })
+}
+
+func (m *multiStore) ImagesByDigest(d digest.Digest) ([]*Image, error) {
+	return m.imagesFrom(func(s *store) ([]*Image, error) { return s.ImagesByDigest(d) })
+}
+
+func (m *multiStore) Exists(id string) bool {
+	if m.store.Exists(id) {
+		return true
+	}
+	for _, r := range m.ro {
+		if r.st.Exists(id) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *multiStore) Lookup(name string) (string, error) {
+	id, _, err := first(m, func(s *store) (string, error) { return s.Lookup(name) })
+	return id, err
+}
+
+func (m *multiStore) Names(id string) ([]string, error) {
+	v, _, err := first(m, func(s *store) ([]string, error) { return s.Names(id) })
+	return v, err
+}
+
+func (m *multiStore) Metadata(id string) (string, error) {
+	v, _, err := first(m, func(s *store) (string, error) { return s.Metadata(id) })
+	return v, err
+}
+
+func (m *multiStore) LayerSize(id string) (int64, error) {
+	v, _, err := first(m, func(s *store) (int64, error) { return s.LayerSize(id) })
+	return v, err
+}
+
+func (m *multiStore) ListLayerBigData(id string) ([]string, error) {
+	v, _, err := first(m, func(s *store) ([]string, error) { return s.ListLayerBigData(id) })
+	return v, err
+}
+
+func (m *multiStore) LayerBigData(id, key string) (io.ReadCloser, error) {
+	v, _, err := first(m, func(s *store) (io.ReadCloser, error) { return s.LayerBigData(id, key) })
+	return v, err
+}
+
+func (m *multiStore) ImageSize(id string) (int64, error) {
+	v, _, err := first(m, func(s *store) (int64, error) { return s.ImageSize(id) })
+	return v, err
+}
+
+func (m *multiStore) ListImageBigData(id string) ([]string, error) {
+	v, _, err := first(m, func(s *store) ([]string, error) { return s.ListImageBigData(id) })
+	return v, err
+}
+
+func (m *multiStore) ImageBigData(id, key string) ([]byte, error) {
+	v, _, err := first(m, func(s *store) ([]byte, error) { return s.ImageBigData(id, key) })
+	return v, err
+}
+
+func (m *multiStore) ImageBigDataSize(id, key string) (int64, error) {
+	v, _, err := first(m, func(s *store) (int64, error) { return s.ImageBigDataSize(id, key) })
+	return v, err
+}
+
+func (m *multiStore) ImageBigDataDigest(id, key string) (digest.Digest, error) {
+	v, _, err := first(m, func(s *store) (digest.Digest, error) { return s.ImageBigDataDigest(id, key) })
+	return v, err
+}
+
+func (m *multiStore) Diff(from, to string, options *DiffOptions) (io.ReadCloser, error) {
+	v, _, err := first(m, func(s *store) (io.ReadCloser, error) { return s.Diff(from, to, options) })
+	return v, err
+}
+
+func (m *multiStore) DiffSize(from, to string) (int64, error) {
+	v, _, err := first(m, func(s *store) (int64, error) { return s.DiffSize(from, to) })
+	return v, err
+}
+
+func (m *multiStore) Changes(from, to string) ([]Change, error) {
+	v, _, err := first(m, func(s *store) ([]Change, error) { return s.Changes(from, to) })
+	return v, err
+}
+
+// Mount mounts a read-only store's layer read-only (its chain as overlay
+// lower directories, nothing written to that store), counted in the
+// writable store's run root like any mount.
+func (m *multiStore) Mount(id, mountLabel string) (string, error) {
+	v, _, err := first(m, func(s *store) (string, error) { return s.Mount(id, mountLabel) })
+	return v, err
+}
+
+func (m *multiStore) MountImage(id string, mountOpts []string, mountLabel string) (string, error) {
+	v, _, err := first(m, func(s *store) (string, error) { return s.MountImage(id, mountOpts, mountLabel) })
+	return v, err
+}
+
+func (m *multiStore) Unmount(id string, force bool) (bool, error) {
+	v, _, err := first(m, func(s *store) (bool, error) { return s.Unmount(id, force) })
+	return v, err
+}
+
+func (m *multiStore) UnmountImage(id string, force bool) (bool, error) {
+	v, _, err := first(m, func(s *store) (bool, error) { return s.UnmountImage(id, force) })
+	return v, err
+}
+
+func (m *multiStore) Mounted(id string) (int, error) {
+	v, _, err := first(m, func(s *store) (int, error) { return s.Mounted(id) })
+	return v, err
+}
+
+// Writes: what only a read-only store holds is refused, naming it.
+
+func (m *multiStore) SetNames(id string, names []string) error {
+	if r := m.holderOf(id, exists(id)); r != nil {
+		return r.readOnlyError("item", id)
+	}
+	return m.store.SetNames(id, names)
+}
+
+func (m *multiStore) AddNames(id string, names []string) error {
+	if r := m.holderOf(id, exists(id)); r != nil {
+		return r.readOnlyError("item", id)
+	}
+	return m.store.AddNames(id, names)
+}
+
+func (m *multiStore) RemoveNames(id string, names []string) error {
+	if r := m.holderOf(id, exists(id)); r != nil {
+		return r.readOnlyError("item", id)
+	}
+	return m.store.RemoveNames(id, names)
+}
+
+func (m *multiStore) SetMetadata(id, metadata string) error {
+	if r := m.holderOf(id, exists(id)); r != nil {
+		return r.readOnlyError("item", id)
+	}
+	return m.store.SetMetadata(id, metadata)
+}
+
+func (m *multiStore) Delete(id string) error {
+	if r := m.holderOf(id, exists(id)); r != nil {
+		return r.readOnlyError("item", id)
+	}
+	return m.store.Delete(id)
+}
+
+func (m *multiStore) DeleteLayer(id string) error {
+	if r := m.holderOf(id, isLayer(id)); r != nil {
+		return r.readOnlyError("layer", id)
+	}
+	return m.store.DeleteLayer(id)
+}
+
+func (m *multiStore) SetLayerBigData(id, key string, data io.Reader) error {
+	if r := m.holderOf(id, isLayer(id)); r != nil {
+		return r.readOnlyError("layer", id)
+	}
+	return m.store.SetLayerBigData(id, key, data)
+}
+
+func (m *multiStore) ApplyDiff(to string, diff io.Reader) (int64, error) {
+	if r := m.holderOf(to, isLayer(to)); r != nil {
+		return -1, r.readOnlyError("layer", to)
+	}
+	return m.store.ApplyDiff(to, diff)
+}
+
+func (m *multiStore) DeleteImage(id string, commit bool) ([]string, error) {
+	if r := m.holderOf(id, isImage(id)); r != nil {
+		return nil, r.readOnlyError("image", id)
+	}
+	return m.store.DeleteImage(id, commit)
+}
+
+func (m *multiStore) SetImageBigData(id, key string, data []byte, digestManifest func([]byte) (digest.Digest, error)) error {
+	if r := m.holderOf(id, isImage(id)); r != nil {
+		return r.readOnlyError("image", id)
+	}
+	return m.store.SetImageBigData(id, key, data, digestManifest)
+}
+
+// notYet refuses to build on a read-only store's layer or image, which
+// needs its chain in the writable root (not done yet).
+func (r *roStore) notYet(kind, id, what string) error {
+	return fmt.Errorf("%s %s is in the read-only image store %s: %s on it is not supported yet: %w", kind, id, r.path, what, ErrNotSupported)
+}
+
+func (m *multiStore) CreateLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions) (*Layer, error) {
+	if parent != "" {
+		if r := m.holderOf(parent, isLayer(parent)); r != nil {
+			return nil, r.notYet("parent layer", parent, "making a layer")
+		}
+	}
+	return m.store.CreateLayer(id, parent, names, mountLabel, writeable, options)
+}
+
+func (m *multiStore) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions, diff io.Reader) (*Layer, int64, error) {
+	if parent != "" {
+		if r := m.holderOf(parent, isLayer(parent)); r != nil {
+			return nil, -1, r.notYet("parent layer", parent, "making a layer")
+		}
+	}
+	return m.store.PutLayer(id, parent, names, mountLabel, writeable, options, diff)
+}
+
+func (m *multiStore) CreateImage(id string, names []string, layer, metadata string, options *ImageOptions) (*Image, error) {
+	if layer != "" {
+		if r := m.holderOf(layer, isLayer(layer)); r != nil {
+			return nil, r.notYet("layer", layer, "making an image")
+		}
+	}
+	return m.store.CreateImage(id, names, layer, metadata, options)
+}
+
+func (m *multiStore) CreateContainer(id string, names []string, image, layer, metadata string, options *ContainerOptions) (*Container, error) {
+	if image != "" {
+		if r := m.holderOf(image, isImage(image)); r != nil {
+			return nil, r.notYet("image", image, "making a container")
+		}
+	}
+	if layer != "" {
+		if r := m.holderOf(layer, isLayer(layer)); r != nil {
+			return nil, r.notYet("layer", layer, "making a container")
+		}
+	}
+	return m.store.CreateContainer(id, names, image, layer, metadata, options)
+}
+
+// Status adds the read-only stores to the writable store's status.
+func (m *multiStore) Status() ([][2]string, error) {
+	st, err := m.store.Status()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range m.ro {
+		st = append(st, [2]string{"Read-only image store", r.path + " (" + r.via + ")"})
+	}
+	return st, nil
+}
+
+// Shutdown unmounts what the store mounted (read-only stores' layers too)
+// and releases every store.
+func (m *multiStore) Shutdown(force bool) ([]string, error) {
+	mounted, err := m.mountedLayers()
+	if err != nil {
+		return nil, err
+	}
+	if len(mounted) > 0 && !force {
+		return mounted, fmt.Errorf("a layer is mounted: %w", ErrLayerUsedByContainer)
+	}
+	var errs []error
+	for _, id := range mounted {
+		if _, err := m.Unmount(id, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.Free()
+	return mounted, errors.Join(errs...)
+}
+
+// Free releases every store without unmounting anything.
+func (m *multiStore) Free() {
+	m.store.close()
+	for _, r := range m.ro {
+		if r.close != nil {
+			r.close()
+			r.close = nil
+		}
+	}
+}
