@@ -504,3 +504,75 @@ func TestROImageStoreBadInput(t *testing.T) {
 		t.Errorf("containerd mode: %v", err)
 	}
 }
+
+// TestROImageStoreTiming measures listing and looking up images in a store
+// of 1,000 images read as an additional read-only store (directly and
+// through its daemon) against the same root opened as the writable store.
+// Set CS_RO_TIMING=1 to run it.
+func TestROImageStoreTiming(t *testing.T) {
+	if os.Getenv("CS_RO_TIMING") == "" {
+		t.Skip("set CS_RO_TIMING=1")
+	}
+	requireRoot(t)
+	const n = 1000
+	dir := t.TempDir()
+	root := filepath.Join(dir, "ro")
+	s, err := GetStore(StoreOptions{GraphRoot: root, RunRoot: filepath.Join(dir, "ro-run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _, err := s.PutLayer("", "", []string{"base"}, "", false, nil, bytes.NewReader(layerTar(t, baseEntries)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if _, err := s.CreateImage("", []string{fmt.Sprintf("img:%d", i)}, base.ID, "", &ImageOptions{
+			BigData: []ImageBigDataOption{{Key: "manifest", Data: []byte(fmt.Sprintf(`{"n":%d}`, i))}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Shutdown(true)
+
+	measure := func(name string, s Store) {
+		start := time.Now()
+		imgs, err := s.Images()
+		list := time.Since(start)
+		if err != nil || len(imgs) != n {
+			t.Fatalf("%s: %d images, %v", name, len(imgs), err)
+		}
+		start = time.Now()
+		for i := 0; i < 100; i++ {
+			if _, err := s.Image(fmt.Sprintf("img:%d", i*7)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		lookup := time.Since(start) / 100
+		start = time.Now()
+		p, err := s.MountImage("img:500", nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mnt := time.Since(start)
+		s.UnmountImage("img:500", true)
+		t.Logf("%-28s Images() of %d: %v; Image(name): %v; MountImage: %v (%s)", name, n, list, lookup, mnt, p)
+	}
+	w, err := GetStore(StoreOptions{GraphRoot: root, RunRoot: filepath.Join(dir, "w-run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	measure("writable (embedded)", w)
+	w.Shutdown(true)
+	for _, via := range []string{"direct", "daemon"} {
+		if via == "daemon" {
+			serveRoot(t, root)
+		}
+		other := filepath.Join(dir, "w-"+via)
+		s, err := GetStore(StoreOptions{GraphRoot: other, RunRoot: other + "-run", ROImageStores: []string{root}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		measure("read-only store, "+via, s)
+		s.Shutdown(true)
+	}
+}
