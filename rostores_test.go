@@ -296,6 +296,13 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 				t.Errorf("Diff(%s): %d bytes, want %d, %v", c.id, len(got), len(c.want), err)
 			}
 		}
+		if n, err := s.DiffSize("", f.child.ID); err != nil || n <= 0 {
+			t.Errorf("DiffSize %d %v", n, err)
+		}
+		changes, err := s.Changes("", f.child.ID)
+		if err != nil || len(changes) == 0 {
+			t.Errorf("Changes %v %v", changes, err)
+		}
 	})
 
 	t.Run("mount", func(t *testing.T) {
