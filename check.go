@@ -602,6 +602,10 @@ func (n *checkNow) image(id string) (*imageRecord, error) {
 
 func (n *checkNow) imageExists(id string) (bool, error) {
 	img, err := n.image(id)
+	if err == nil && img == nil && n.s.roImageExists != nil {
+		// A container on an image of a read-only image store.
+		return n.s.roImageExists(id), nil
+	}
 	return img != nil, err
 }
 

@@ -260,21 +260,28 @@ func (s *store) CreateContainer(id string, names []string, image, layer, metadat
 	parentKey, imageID := "", ""
 	if image != "" {
 		img, err := s.findImage(image)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrImageUnknown) && s.roImage != nil:
+			// An image of a read-only image store: on its mirrored chain.
+			if imageID, parentKey, err = s.roImage(image); err != nil {
+				return nil, err
+			}
+		case err != nil:
 			return nil, err
-		}
-		imageID = img.ID
-		if img.TopLayer != "" {
-			top, err := s.findLayer(img.TopLayer)
-			if err != nil {
-				return nil, fmt.Errorf("top layer %s of image %s: %w", img.TopLayer, img.ID, err)
-			}
-			if top.writeable {
-				if err := s.freeze(top); err != nil {
-					return nil, err
+		default:
+			imageID = img.ID
+			if img.TopLayer != "" {
+				top, err := s.findLayer(img.TopLayer)
+				if err != nil {
+					return nil, fmt.Errorf("top layer %s of image %s: %w", img.TopLayer, img.ID, err)
 				}
+				if top.writeable {
+					if err := s.freeze(top); err != nil {
+						return nil, err
+					}
+				}
+				parentKey = top.key
 			}
-			parentKey = top.key
 		}
 	}
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,6 +105,9 @@ const (
 	rwPrefix    = internalPrefix + "rw/"
 	viewPrefix  = internalPrefix + "view/"
 	mountPrefix = internalPrefix + "mount/"
+	// roPrefix keys the mirrors of read-only image stores' layers:
+	// cs.ro/<store>/<layer ID> (rostores.go).
+	roPrefix = internalPrefix + "ro/"
 )
 
 func (s *store) load() (*layerIndex, error) {
@@ -129,6 +133,8 @@ func (s *store) load() (*layerIndex, error) {
 	for r, parentKey := range parents {
 		if p, ok := idx.byKey[parentKey]; ok {
 			r.Parent = p.ID
+		} else if strings.HasPrefix(parentKey, roPrefix) {
+			r.Parent = path.Base(parentKey) // a read-only store's layer
 		}
 		for _, n := range r.Names {
 			idx.byName[n] = r
@@ -208,6 +214,9 @@ func recordFromInfo(info snapshots.Info) *layerRecord {
 	r.owned = l[cslabels.Owned] != ""
 	if r.owned {
 		r.ID = strings.TrimPrefix(info.Name, rwPrefix)
+		if strings.HasPrefix(info.Name, roPrefix) {
+			r.ID = path.Base(info.Name) // the read-only store's layer
+		}
 	} else {
 		sum := sha256.Sum256([]byte(info.Name))
 		r.ID = hex.EncodeToString(sum[:])
@@ -488,18 +497,23 @@ func (s *store) PutLayer(id, parent string, names []string, mountLabel string, w
 	parentKey := ""
 	if parent != "" {
 		p, err := s.findLayer(parent)
+		if errors.Is(err, ErrLayerUnknown) && s.roLayer != nil {
+			parentKey, err = s.roLayer(parent)
+		}
 		if errors.Is(err, ErrLayerUnknown) {
 			return nil, -1, fmt.Errorf("parent layer %q: %w", parent, ErrLayerUnknown)
 		}
 		if err != nil {
 			return nil, -1, err
 		}
-		if p.writeable {
+		if p != nil && p.writeable {
 			if err := s.freeze(p); err != nil {
 				return nil, -1, err
 			}
 		}
-		parentKey = p.key
+		if p != nil {
+			parentKey = p.key
+		}
 	}
 
 	labels := map[string]string{cslabels.Owned: "store"}

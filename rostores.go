@@ -5,6 +5,8 @@ package storage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 )
@@ -525,14 +528,22 @@ func (m *multiStore) Delete(id string) error {
 	if r := m.holderOf(id, exists(id)); r != nil {
 		return r.readOnlyError("item", id)
 	}
-	return m.store.Delete(id)
+	err := m.store.Delete(id)
+	if err == nil {
+		m.pruneMirrors()
+	}
+	return err
 }
 
 func (m *multiStore) DeleteLayer(id string) error {
 	if r := m.holderOf(id, isLayer(id)); r != nil {
 		return r.readOnlyError("layer", id)
 	}
-	return m.store.DeleteLayer(id)
+	err := m.store.DeleteLayer(id)
+	if err == nil {
+		m.pruneMirrors()
+	}
+	return err
 }
 
 func (m *multiStore) SetLayerBigData(id, key string, data io.Reader) error {
@@ -569,24 +580,6 @@ func (r *roStore) notYet(kind, id, what string) error {
 	return fmt.Errorf("%s %s is in the read-only image store %s: %s on it is not supported yet: %w", kind, id, r.path, what, ErrNotSupported)
 }
 
-func (m *multiStore) CreateLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions) (*Layer, error) {
-	if parent != "" {
-		if r := m.holderOf(parent, isLayer(parent)); r != nil {
-			return nil, r.notYet("parent layer", parent, "making a layer")
-		}
-	}
-	return m.store.CreateLayer(id, parent, names, mountLabel, writeable, options)
-}
-
-func (m *multiStore) PutLayer(id, parent string, names []string, mountLabel string, writeable bool, options *LayerOptions, diff io.Reader) (*Layer, int64, error) {
-	if parent != "" {
-		if r := m.holderOf(parent, isLayer(parent)); r != nil {
-			return nil, -1, r.notYet("parent layer", parent, "making a layer")
-		}
-	}
-	return m.store.PutLayer(id, parent, names, mountLabel, writeable, options, diff)
-}
-
 func (m *multiStore) CreateImage(id string, names []string, layer, metadata string, options *ImageOptions) (*Image, error) {
 	if layer != "" {
 		if r := m.holderOf(layer, isLayer(layer)); r != nil {
@@ -596,18 +589,21 @@ func (m *multiStore) CreateImage(id string, names []string, layer, metadata stri
 	return m.store.CreateImage(id, names, layer, metadata, options)
 }
 
-func (m *multiStore) CreateContainer(id string, names []string, image, layer, metadata string, options *ContainerOptions) (*Container, error) {
-	if image != "" {
-		if r := m.holderOf(image, isImage(image)); r != nil {
-			return nil, r.notYet("image", image, "making a container")
-		}
+// Deletions may leave mirrors of read-only stores' layers that nothing
+// stacks on any more: they go too.
+
+func (m *multiStore) DeleteContainer(id string) error {
+	err := m.store.DeleteContainer(id)
+	if err == nil {
+		m.pruneMirrors()
 	}
-	if layer != "" {
-		if r := m.holderOf(layer, isLayer(layer)); r != nil {
-			return nil, r.notYet("layer", layer, "making a container")
-		}
-	}
-	return m.store.CreateContainer(id, names, image, layer, metadata, options)
+	return err
+}
+
+func (m *multiStore) GarbageCollect() error {
+	err := m.store.GarbageCollect()
+	m.pruneMirrors()
+	return err
 }
 
 // Status adds the read-only stores to the writable store's status.
@@ -649,6 +645,138 @@ func (m *multiStore) Free() {
 		if r.close != nil {
 			r.close()
 			r.close = nil
+		}
+	}
+}
+
+// Building on a read-only store's layers: the layer and its parents get
+// mirrors in the writable root, committed snapshots keyed
+// cs.ro/<store>/<layer ID> whose files directory is a symbolic link to the
+// layer's directory in the read-only root (cslabels.ReadOnlyDir), so the
+// new layer's overlay lower directories resolve there and nothing is
+// copied. Mirrors are the store's own (cs.owned), listed as no layer, and
+// removed (the link only) once nothing stacks on them.
+
+// mirrorKey is the key of the mirror of layer id of r.
+func (r *roStore) mirrorKey(id string) string {
+	sum := sha256.Sum256([]byte(r.path))
+	return roPrefix + hex.EncodeToString(sum[:6]) + "/" + id
+}
+
+// layerDir is the directory holding committed layer rec's own files.
+func (r *roStore) layerDir(rec *layerRecord) (string, error) {
+	mounts, err := r.st.sn.Mounts(r.st.ctx, rec.key)
+	if err != nil {
+		return "", mapErr(fmt.Errorf("layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+	}
+	dir, _, err := dirsOfMounts(mounts, true)
+	return dir, err
+}
+
+// mirror makes sure layer ref of r and its parents have mirrors in the
+// writable root and returns the key of ref's.
+func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
+	top, err := r.st.findLayer(ref)
+	if err != nil {
+		return "", err
+	}
+	chain := []*layerRecord{top}
+	for p := top.Parent; p != ""; {
+		rec, err := r.st.findLayer(p)
+		if err != nil {
+			return "", fmt.Errorf("parent %s of layer %s in read-only image store %s: %w", p, top.ID, r.path, err)
+		}
+		chain = append(chain, rec)
+		p = rec.Parent
+	}
+	parentKey := ""
+	for i := len(chain) - 1; i >= 0; i-- {
+		rec := chain[i]
+		if rec.writeable {
+			return "", fmt.Errorf("layer %s of read-only image store %s is writeable: %w", rec.ID, r.path, ErrNotSupported)
+		}
+		key := r.mirrorKey(rec.ID)
+		if _, err := m.store.sn.Stat(m.ctx, key); err == nil {
+			parentKey = key
+			continue
+		} else if !errdefs.IsNotFound(err) {
+			return "", err
+		}
+		dir, err := r.layerDir(rec)
+		if err != nil {
+			return "", err
+		}
+		labels := map[string]string{cslabels.Owned: "store", cslabels.ReadOnlyStore: r.path, cslabels.ReadOnlyDir: dir}
+		prep := internalPrefix + "ro-prep/" + newID()
+		if _, err := m.store.sn.Prepare(m.ctx, prep, parentKey, snapshots.WithLabels(labels)); err != nil {
+			return "", mapErr(fmt.Errorf("mirror layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+		}
+		if err := m.store.sn.Commit(m.ctx, key, prep, snapshots.WithLabels(labels)); err != nil {
+			m.store.deleteSnapshot(prep)
+			if !errdefs.IsAlreadyExists(err) { // made meanwhile by another
+				return "", mapErr(fmt.Errorf("mirror layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+			}
+		}
+		parentKey = key
+	}
+	return parentKey, nil
+}
+
+// roLayer is store.roLayer: the mirror of layer ref of the first read-only
+// store that has it.
+func (m *multiStore) roLayer(ref string) (string, error) {
+	for _, r := range m.ro {
+		if _, err := r.st.findLayer(ref); err == nil {
+			return m.mirror(r, ref)
+		} else if !unknown(err) {
+			return "", err
+		}
+	}
+	return "", ErrLayerUnknown
+}
+
+// roImage is store.roImage: image ref of the first read-only store that
+// has it, and the mirror of its top layer.
+func (m *multiStore) roImage(ref string) (string, string, error) {
+	for _, r := range m.ro {
+		img, err := r.st.findImage(ref)
+		if err != nil {
+			if unknown(err) {
+				continue
+			}
+			return "", "", err
+		}
+		if img.TopLayer == "" {
+			return img.ID, "", nil
+		}
+		key, err := m.mirror(r, img.TopLayer)
+		return img.ID, key, err
+	}
+	return "", "", ErrImageUnknown
+}
+
+// pruneMirrors removes the mirrors nothing stacks on; one with children
+// is refused by the snapshotter and stays.
+func (m *multiStore) pruneMirrors() {
+	for {
+		var keys []string
+		err := m.store.sn.Walk(m.ctx, func(_ context.Context, info snapshots.Info) error {
+			if strings.HasPrefix(info.Name, roPrefix) {
+				keys = append(keys, info.Name)
+			}
+			return nil
+		}, fmt.Sprintf("labels.%q", cslabels.ReadOnlyStore))
+		if err != nil {
+			return
+		}
+		removed := false
+		for _, k := range keys {
+			if m.store.sn.Remove(m.ctx, k) == nil {
+				removed = true
+			}
+		}
+		if !removed {
+			return
 		}
 	}
 }

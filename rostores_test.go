@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -364,18 +366,147 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 				t.Errorf("%s: %v, want ErrStoreIsReadOnly naming %s", name, err, f.root)
 			}
 		}
-		// Not yet: building on a read-only store's layers.
-		if _, err := s.CreateLayer("", f.child.ID, nil, "", true, nil); !errors.Is(err, ErrNotSupported) {
-			t.Errorf("CreateLayer on a read-only parent: %v", err)
-		}
-		if _, err := s.CreateContainer("", nil, f.img1.ID, "", "", nil); !errors.Is(err, ErrNotSupported) {
-			t.Errorf("CreateContainer on a read-only image: %v", err)
+		if _, err := s.CreateImage("", nil, f.child.ID, "", nil); !errors.Is(err, ErrNotSupported) {
+			t.Errorf("CreateImage on a read-only layer: %v", err)
 		}
 		// Still all there.
 		if i, err := s.Image(f.img1.ID); err != nil || strings.Join(i.Names, ",") != "ro/img:1,shared:latest" || i.Metadata != "ro-meta" {
 			t.Errorf("after refusals: %+v %v", i, err)
 		}
 	})
+}
+
+// Layers and containers on a read-only store's layers: made in the
+// writable root on mirrors of the read-only chain, removed with them.
+func TestROImageStoreBuildOn(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []string{"embedded/ro-direct", "embedded/ro-daemon", "daemon/ro-direct"} {
+		t.Run(mode, func(t *testing.T) {
+			f := makeROFixture(t)
+			if strings.HasSuffix(mode, "ro-daemon") {
+				serveRoot(t, f.root)
+			}
+			before := treeHash(t, f.root)
+			dir := t.TempDir()
+			opts := StoreOptions{GraphRoot: filepath.Join(dir, "root"), RunRoot: filepath.Join(dir, "run"), ROImageStores: []string{f.root}}
+			if strings.HasPrefix(mode, "daemon") {
+				serveRoot(t, opts.GraphRoot)
+			}
+			s, err := GetStore(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := s.(*multiStore)
+			mirrors := func() []string {
+				var keys []string
+				m.store.sn.Walk(m.ctx, func(_ context.Context, info snapshots.Info) error {
+					if strings.HasPrefix(info.Name, roPrefix) {
+						keys = append(keys, info.Name)
+					}
+					return nil
+				})
+				return keys
+			}
+
+			c, err := s.CreateContainer("", []string{"ctr1"}, "ro/img:1", "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ImageID != f.img1.ID {
+				t.Errorf("container image %s, want %s", c.ImageID, f.img1.ID)
+			}
+			if l, err := s.Layer(c.LayerID); err != nil || l.Parent != f.child.ID || l.ReadOnly {
+				t.Errorf("container layer %+v %v", l, err)
+			}
+			if got := mirrors(); len(got) != 2 {
+				t.Errorf("mirrors %v, want the 2 layers of the chain", got)
+			}
+			p, err := s.Mount(c.ID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if data, err := os.ReadFile(filepath.Join(p, "etc/hello")); err != nil || string(data) != "changed\n" {
+				t.Errorf("etc/hello: %q %v", data, err)
+			}
+			if _, err := os.Stat(filepath.Join(p, "etc/gone")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("etc/gone: %v", err)
+			}
+			if err := os.WriteFile(filepath.Join(p, "etc/hello"), []byte("mine\n"), 0o644); err != nil {
+				t.Errorf("write in the container: %v", err)
+			}
+			if _, err := s.Unmount(c.ID, false); err != nil {
+				t.Fatal(err)
+			}
+
+			// A second container and a layer share the mirrors.
+			c2, err := s.CreateContainer("", nil, f.img2.ID, "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			top := layerTar(t, []entry{{hdr: tar.Header{Name: "added", Typeflag: tar.TypeReg, Mode: 0o644}, body: "on ro"}})
+			l, _, err := s.PutLayer("", "ro-child", []string{"on-ro"}, "", false, nil, bytes.NewReader(top))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Parent != f.child.ID || l.ReadOnly {
+				t.Errorf("layer on a read-only parent: %+v", l)
+			}
+			rc, err := s.Diff("", l.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(rc)
+			rc.Close()
+			if !bytes.Equal(got, top) {
+				t.Errorf("Diff of the layer on a read-only parent: %d bytes, want %d", len(got), len(top))
+			}
+			lp, err := s.Mount(l.ID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for file, want := range map[string]string{"added": "on ro", "etc/hello": "changed\n", "new": "setuid"} {
+				if data, err := os.ReadFile(filepath.Join(lp, file)); err != nil || string(data) != want {
+					t.Errorf("%s: %q %v", file, data, err)
+				}
+			}
+			s.Unmount(l.ID, true)
+			if got := mirrors(); len(got) != 2 {
+				t.Errorf("mirrors %v, want 2", got)
+			}
+			if layers, err := s.Layers(); err != nil || len(layers) != 5 { // 2 read-only, 1 on them, 2 containers'
+				t.Errorf("layers: %d %v", len(layers), err)
+			}
+
+			// Check finds nothing wrong (a container's image may be a
+			// read-only store's).
+			if rep, err := s.Check(CheckEverything()); err != nil || len(rep.Layers)+len(rep.Images)+len(rep.Containers)+len(rep.ROLayers)+len(rep.ROImages) != 0 {
+				t.Errorf("Check: %+v %v", rep, err)
+			}
+
+			// Removed with what stacks on them; the read-only store intact.
+			if err := s.DeleteContainer(c.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := mirrors(); len(got) != 2 {
+				t.Errorf("mirrors after one container went: %v", got)
+			}
+			if err := s.DeleteLayer(l.ID); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteContainer(c2.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := mirrors(); len(got) != 0 {
+				t.Errorf("mirrors left: %v", got)
+			}
+			if _, err := s.Shutdown(true); err != nil {
+				t.Fatal(err)
+			}
+			if treeHash(t, f.root) != before {
+				t.Error("the read-only store changed")
+			}
+		})
+	}
 }
 
 // Opening an additional store takes neither its root lock nor anything

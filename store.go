@@ -84,6 +84,15 @@ type store struct {
 	embedded   *daemon.Daemon // set when the root is open in this process
 	client     *daemon.Client // set when a daemon serves the root
 	containerd *client.Client // set when opened through containerd
+
+	// roLayer and roImage, set when there are read-only image stores,
+	// find a layer or image there for PutLayer and CreateContainer and
+	// return the key of its top layer's mirror in this root (made if
+	// needed); ErrLayerUnknown or ErrImageUnknown if no store has it.
+	roLayer func(ref string) (key string, err error)
+	roImage func(ref string) (imageID, topKey string, err error)
+	// roImageExists tells Check whether a read-only store has image id.
+	roImageExists func(id string) bool
 }
 
 // namespace is the containerd namespace the store's requests carry. The
@@ -161,7 +170,10 @@ func GetStore(options StoreOptions) (Store, error) {
 		return nil, fmt.Errorf("create run root: %w", err)
 	}
 	if len(ro) > 0 {
-		return &multiStore{store: s, ro: ro}, nil
+		m := &multiStore{store: s, ro: ro}
+		s.roLayer, s.roImage = m.roLayer, m.roImage
+		s.roImageExists = func(id string) bool { return m.holderOf(id, isImage(id)) != nil }
+		return m, nil
 	}
 	return s, nil
 }

@@ -217,3 +217,16 @@ func ContainerID(labels map[string]string) string {
 	}
 	return ""
 }
+
+// Mirrors of an additional read-only image store's layers (issue 8): a
+// committed snapshot in the writable root whose files directory is a
+// symbolic link to the layer's directory in the read-only root, so a
+// layer or container made on a read-only store's layer stacks on it
+// without copying. ReadOnlyStore is that root's path, ReadOnlyDir the
+// layer's directory there; the snapshotter makes the link when a store
+// caller prepares a snapshot with ReadOnlyDir, and removing the snapshot
+// removes only the link.
+const (
+	ReadOnlyStore = Prefix + "ro-store"
+	ReadOnlyDir   = Prefix + "ro-dir"
+)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -65,4 +67,36 @@ func committedView(ctx context.Context, key string) (storage.Snapshot, error) {
 		parent = pinfo.Parent
 	}
 	return snap, nil
+}
+
+// checkReadOnlyDir allows a snapshot's files to be the directory dir of
+// another cs-snapshotter root (cslabels.ReadOnlyDir): only the store may
+// ask, only for an active snapshot (which it commits at once), and dir
+// must be a layer directory of a root (ROOT/snapshots/NAME, ROOT holding
+// metadata.db) other than this one.
+func (s *Snapshotter) checkReadOnlyDir(ctx context.Context, kind snapshots.Kind, dir string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("read-only layer directory %q: %s: %w", dir, why, errdefs.ErrInvalidArgument)
+	}
+	switch {
+	case !IsStoreCaller(ctx):
+		return bad("only the store may mirror a read-only store's layer")
+	case kind != snapshots.KindActive:
+		return bad("not for a " + kind.String() + " snapshot")
+	case !filepath.IsAbs(dir) || filepath.Clean(dir) != dir:
+		return bad("not a clean absolute path")
+	case filepath.Base(filepath.Dir(dir)) != "snapshots":
+		return bad("not a layer directory of a root")
+	}
+	root := filepath.Dir(filepath.Dir(dir))
+	if rel, err := filepath.Rel(s.root, dir); err == nil && !strings.HasPrefix(rel, "..") {
+		return bad("inside this root")
+	}
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+		return bad("not a directory")
+	}
+	if _, err := os.Stat(filepath.Join(root, metadata.FileName)); err != nil {
+		return bad("not in a cs-snapshotter root")
+	}
+	return nil
 }

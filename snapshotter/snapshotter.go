@@ -475,6 +475,21 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			created = append(created, work)
 		}
 		files := s.filesPath(snap.ID)
+		if roDir := base.Labels[cslabels.ReadOnlyDir]; roDir != "" {
+			// A mirror of a read-only store's layer: its files are there.
+			if err := s.checkReadOnlyDir(ctx, kind, roDir); err != nil {
+				return err
+			}
+			if err := os.Remove(tmp); err != nil {
+				return err
+			}
+			tmp = ""
+			if err := os.Symlink(roDir, files); err != nil {
+				return err
+			}
+			created = append(created, files)
+			return nil
+		}
 		if err := os.Rename(tmp, files); err != nil {
 			return err
 		}

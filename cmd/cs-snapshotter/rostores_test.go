@@ -96,6 +96,14 @@ func TestROImageStoreCLI(t *testing.T) {
 				t.Errorf("mount shows %v %v", entries, err)
 			}
 			ok("unmount", "ro-base")
+			// A container on the read-only image, in the writable root.
+			ok("create-container", "-n", "c1", "ro/img:1")
+			cp := strings.TrimSpace(ok("mount", "c1"))
+			if err := os.WriteFile(filepath.Join(cp, "written"), []byte("x"), 0o644); err != nil {
+				t.Errorf("write in the container: %v", err)
+			}
+			ok("unmount", "c1")
+			ok("delete-container", "c1")
 			// Without the option the writable store is empty.
 			if r := w.cs(nil, "images", "-q"); r.code != 0 || r.stdout != "" {
 				t.Errorf("images without the option: %s", r)
