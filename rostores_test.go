@@ -693,7 +693,18 @@ func TestROImageStoreTiming(t *testing.T) {
 		}
 		mnt := time.Since(start)
 		s.UnmountImage("img:500", true)
-		t.Logf("%-28s Images() of %d: %v; Image(name): %v; MountImage: %v (%s)", name, n, list, lookup, mnt, p)
+		start = time.Now()
+		c, err := s.CreateContainer("", nil, "img:600", "", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Mount(c.ID, ""); err != nil {
+			t.Fatal(err)
+		}
+		ctr := time.Since(start)
+		s.Unmount(c.ID, true)
+		s.DeleteContainer(c.ID)
+		t.Logf("%-28s Images() of %d: %v; Image(name): %v; MountImage: %v; CreateContainer+Mount: %v (%s)", name, n, list, lookup, mnt, ctr, filepath.Base(p))
 	}
 	w, err := GetStore(StoreOptions{GraphRoot: root, RunRoot: filepath.Join(dir, "w-run")})
 	if err != nil {
