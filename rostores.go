@@ -600,6 +600,13 @@ func (m *multiStore) DeleteContainer(id string) error {
 	return err
 }
 
+// Wipe empties the writable store (the read-only ones stay as they are).
+func (m *multiStore) Wipe() error {
+	err := m.store.Wipe()
+	m.pruneMirrors()
+	return err
+}
+
 func (m *multiStore) GarbageCollect() error {
 	err := m.store.GarbageCollect()
 	m.pruneMirrors()

@@ -493,8 +493,14 @@ func TestROImageStoreBuildOn(t *testing.T) {
 			if err := s.DeleteLayer(l.ID); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.DeleteContainer(c2.ID); err != nil {
+			if err := s.Wipe(); err != nil { // c2
 				t.Fatal(err)
+			}
+			if _, err := s.Container(c2.ID); !errors.Is(err, ErrContainerUnknown) {
+				t.Errorf("container after Wipe: %v", err)
+			}
+			if imgs, err := s.Images(); err != nil || len(imgs) != 2 {
+				t.Errorf("images after Wipe: %d %v", len(imgs), err)
 			}
 			if got := mirrors(); len(got) != 0 {
 				t.Errorf("mirrors left: %v", got)
