@@ -150,6 +150,11 @@ func (s *store) mount(id, mountLabel string, options []string) (string, error) {
 		return "", mapErr(fmt.Errorf("mount layer %s: %w", r.ID, err))
 	}
 	for i := range mounts {
+		if s.readOnly {
+			// A writeable layer of a read-only image store: its upper
+			// directory becomes a lower one, so nothing is written there.
+			mounts[i] = readOnlyMount(mounts[i])
+		}
 		mounts[i].Options = withOptions(mounts[i], options)
 	}
 	target := filepath.Join(s.opts.RunRoot, "mounts", r.ID)

@@ -57,7 +57,7 @@ func openROStore(s *store, o imageStoreOption) (_ *roStore, err error) {
 		return nil, fmt.Errorf("%s: it is the store's own graph root", name)
 	}
 	r := &roStore{path: path, option: o.option}
-	st := &store{opts: StoreOptions{GraphRoot: path, RunRoot: s.opts.RunRoot}, ctx: s.ctx}
+	st := &store{opts: StoreOptions{GraphRoot: path, RunRoot: s.opts.RunRoot}, ctx: s.ctx, readOnly: true}
 	// A daemon serving the root on this host: read through it, so this
 	// process and the daemon never meet on the database file.
 	if h, ok := daemon.ReadHolder(path); ok && h.Address != "" {
@@ -670,13 +670,16 @@ func (r *roStore) mirrorKey(id string) string {
 	return roPrefix + hex.EncodeToString(sum[:6]) + "/" + id
 }
 
-// layerDir is the directory holding committed layer rec's own files.
+// layerDir is the directory holding layer rec's own files: a committed
+// layer's, or the upper directory of a writeable one (containers/storage
+// leaves an image's top layer writeable, and a read-only store's layers
+// are not written while it is one).
 func (r *roStore) layerDir(rec *layerRecord) (string, error) {
 	mounts, err := r.st.sn.Mounts(r.st.ctx, rec.key)
 	if err != nil {
 		return "", mapErr(fmt.Errorf("layer %s of read-only image store %s: %w", rec.ID, r.path, err))
 	}
-	dir, _, err := dirsOfMounts(mounts, true)
+	dir, _, err := dirsOfMounts(mounts, !rec.writeable)
 	return dir, err
 }
 
@@ -699,9 +702,6 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 	parentKey := ""
 	for i := len(chain) - 1; i >= 0; i-- {
 		rec := chain[i]
-		if rec.writeable {
-			return "", fmt.Errorf("layer %s of read-only image store %s is writeable: %w", rec.ID, r.path, ErrNotSupported)
-		}
 		key := r.mirrorKey(rec.ID)
 		if _, err := m.store.sn.Stat(m.ctx, key); err == nil {
 			parentKey = key

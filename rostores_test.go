@@ -35,6 +35,8 @@ type roFixture struct {
 	base, child       *Layer
 	baseTar, childTar []byte
 	img1, img2        *Image
+	rw                *Layer // writeable, as containers-storage's create-layer makes
+	img3              *Image // on rw
 	manifest          []byte
 	manifestDigest    digest.Digest
 }
@@ -65,6 +67,15 @@ func makeROFixture(t *testing.T) roFixture {
 		t.Fatal(err)
 	}
 	if f.img2, err = s.CreateImage("", []string{"ro/base:1"}, f.base.ID, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.rw, err = s.CreateLayer("", f.base.ID, []string{"ro-rw"}, "", true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplyDiff(f.rw.ID, bytes.NewReader(layerTar(t, []entry{{hdr: tar.Header{Name: "rwfile", Typeflag: tar.TypeReg, Mode: 0o644}, body: "rw"}}))); err != nil {
+		t.Fatal(err)
+	}
+	if f.img3, err = s.CreateImage("", []string{"ro/rw:1"}, f.rw.ID, "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Shutdown(false); err != nil {
@@ -185,7 +196,7 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		for _, l := range layers {
 			ro[l.ID] = l.ReadOnly
 		}
-		if len(layers) != 3 || !ro[f.base.ID] || !ro[f.child.ID] || ro[wl.ID] {
+		if len(layers) != 4 || !ro[f.base.ID] || !ro[f.child.ID] || !ro[f.rw.ID] || ro[wl.ID] {
 			t.Errorf("layers %v", ro)
 		}
 		images, err := s.Images()
@@ -196,7 +207,7 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		for _, i := range images {
 			ro[i.ID] = i.ReadOnly
 		}
-		if len(images) != 3 || !ro[f.img1.ID] || !ro[f.img2.ID] || ro[wi.ID] {
+		if len(images) != 4 || !ro[f.img1.ID] || !ro[f.img2.ID] || !ro[f.img3.ID] || ro[wi.ID] {
 			t.Errorf("images %v", ro)
 		}
 	})
@@ -334,6 +345,20 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		if data, err := os.ReadFile(filepath.Join(p2, "etc/hello")); err != nil || string(data) != "hello\n" {
 			t.Errorf("image etc/hello: %q %v", data, err)
 		}
+		// A writeable layer of the read-only store mounts read-only.
+		rp, err := s.Mount(f.rw.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data, err := os.ReadFile(filepath.Join(rp, "rwfile")); err != nil || string(data) != "rw" {
+			t.Errorf("rwfile: %q %v", data, err)
+		}
+		if err := os.WriteFile(filepath.Join(rp, "x"), nil, 0o644); err == nil {
+			t.Error("wrote into a read-only store's writeable layer")
+		}
+		if _, err := s.Unmount(f.rw.ID, false); err != nil {
+			t.Error(err)
+		}
 		if still, err := s.UnmountImage(f.img2.ID, false); err != nil || still {
 			t.Errorf("UnmountImage %v %v", still, err)
 		}
@@ -438,6 +463,27 @@ func TestROImageStoreBuildOn(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			// On an image whose top layer is a writeable layer of the
+			// read-only store (as containers-storage's CLI leaves it).
+			c3, err := s.CreateContainer("", nil, "ro/rw:1", "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p3, err := s.Mount(c3.ID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if data, err := os.ReadFile(filepath.Join(p3, "rwfile")); err != nil || string(data) != "rw" {
+				t.Errorf("rwfile in the container: %q %v", data, err)
+			}
+			if err := os.WriteFile(filepath.Join(p3, "rwfile"), []byte("changed"), 0o644); err != nil {
+				t.Error(err)
+			}
+			s.Unmount(c3.ID, true)
+			if got := mirrors(); len(got) != 3 {
+				t.Errorf("mirrors %v, want base, child and rw", got)
+			}
+
 			// A second container and a layer share the mirrors.
 			c2, err := s.CreateContainer("", nil, f.img2.ID, "", "", nil)
 			if err != nil {
@@ -470,10 +516,10 @@ func TestROImageStoreBuildOn(t *testing.T) {
 				}
 			}
 			s.Unmount(l.ID, true)
-			if got := mirrors(); len(got) != 2 {
-				t.Errorf("mirrors %v, want 2", got)
+			if got := mirrors(); len(got) != 3 {
+				t.Errorf("mirrors %v, want 3", got)
 			}
-			if layers, err := s.Layers(); err != nil || len(layers) != 5 { // 2 read-only, 1 on them, 2 containers'
+			if layers, err := s.Layers(); err != nil || len(layers) != 7 { // 3 read-only, 1 on them, 3 containers'
 				t.Errorf("layers: %d %v", len(layers), err)
 			}
 
@@ -487,7 +533,7 @@ func TestROImageStoreBuildOn(t *testing.T) {
 			if err := s.DeleteContainer(c.ID); err != nil {
 				t.Fatal(err)
 			}
-			if got := mirrors(); len(got) != 2 {
+			if got := mirrors(); len(got) != 3 {
 				t.Errorf("mirrors after one container went: %v", got)
 			}
 			if err := s.DeleteLayer(l.ID); err != nil {
@@ -499,7 +545,7 @@ func TestROImageStoreBuildOn(t *testing.T) {
 			if _, err := s.Container(c2.ID); !errors.Is(err, ErrContainerUnknown) {
 				t.Errorf("container after Wipe: %v", err)
 			}
-			if imgs, err := s.Images(); err != nil || len(imgs) != 2 {
+			if imgs, err := s.Images(); err != nil || len(imgs) != 3 {
 				t.Errorf("images after Wipe: %d %v", len(imgs), err)
 			}
 			if got := mirrors(); len(got) != 0 {
@@ -535,7 +581,7 @@ func TestROImageStoreLockHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if imgs, err := s.Images(); err != nil || len(imgs) != 2 {
+	if imgs, err := s.Images(); err != nil || len(imgs) != 3 {
 		t.Errorf("images %v %v", imgs, err)
 	}
 	s.Shutdown(true)

@@ -93,6 +93,9 @@ type store struct {
 	roImage func(ref string) (imageID, topKey string, err error)
 	// roImageExists tells Check whether a read-only store has image id.
 	roImageExists func(id string) bool
+	// readOnly: this is an additional read-only image store's store
+	// (rostores.go); its mounts are all read-only.
+	readOnly bool
 }
 
 // namespace is the containerd namespace the store's requests carry. The
