@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +12,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	storage "github.com/cs-snapshotter/cs-snapshotter"
 )
@@ -165,14 +168,16 @@ done; echo done`, paths...)
 // active snapshot and view: the directories mounted writable (upperdir,
 // workdir, a read-write bind) are its own, belong to no other snapshot and
 // are never another's lower; a view mounts nothing writable; a committed
-// snapshot has no mounts at all. The store's mount of a read-only layer is
+// snapshot has no mounts for containerd. The store's mount of a read-only layer is
 // read-only on the host.
 func checkMountsExposure(t *testing.T, e *Env, s storage.Store, roLayer, container string) {
 	client := e.DialDaemon()
 	// A view through containerd too.
 	e.MustCtr("snapshots", "--snapshotter", e.Snapshotter, "view", "access-view", image.ChainIDs()[len(image.Layers)-1].String())
 	e.MustCtr("snapshots", "--snapshotter", e.Snapshotter, "label", "access-view", "containerd.io/gc.root=test")
-	ctx, cancel := daemonCtx()
+	// Asked as containerd asks: the store alone gets read-only mounts of a
+	// committed snapshot (for read-only image stores).
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 30*time.Second)
 	defer cancel()
 	writable := map[string][]string{} // dir -> snapshots mounting it writable
 	readonly := map[string][]string{} // dir -> snapshots mounting it read-only

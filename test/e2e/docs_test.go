@@ -87,6 +87,7 @@ var docsHostPaths = []string{
 	"/var/lib/nerdctl",
 	"/etc/cs-snapshotter", "/etc/containerd", "/etc/systemd/system", "/etc/nerdctl",
 	"/usr/local/bin",
+	"/srv",
 }
 
 // docsMetricsAddress is the metrics address the docs use; the sandbox
@@ -559,7 +560,7 @@ func newDocsSandbox(t *testing.T, root string) *docsSandbox {
 	t.Cleanup(sb.close)
 
 	// What a node has before the docs' commands run.
-	for _, d := range []string{"log", "tmp", "fakebin", "src", "etc/systemd/system", "etc/containerd", "usr/local/bin", "var/lib", "run"} {
+	for _, d := range []string{"log", "tmp", "fakebin", "src", "etc/systemd/system", "etc/containerd", "usr/local/bin", "var/lib", "run", "srv"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
