@@ -235,28 +235,7 @@ func exists(id string) func(*store) bool {
 // Layers lists the writable store's layers, then those of each read-only
 // store not listed yet (ReadOnly set).
 func (m *multiStore) Layers() ([]Layer, error) {
-	out, err := m.store.Layers()
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, l := range out {
-		seen[l.ID] = true
-	}
-	for _, r := range m.ro {
-		list, err := r.st.Layers()
-		if err != nil {
-			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
-		}
-		for _, l := range list {
-			if !seen[l.ID] {
-				seen[l.ID] = true
-				l.ReadOnly = true
-				out = append(out, l)
-			}
-		}
-	}
-	return out, nil
+	return m.layersFrom(func(s *store) ([]Layer, error) { return s.Layers() })
 }
 
 // Images lists the writable store's images, then those of each read-only
