@@ -607,21 +607,12 @@ func (m *multiStore) Status() ([][2]string, error) {
 // Shutdown unmounts what the store mounted (read-only stores' layers too)
 // and releases every store.
 func (m *multiStore) Shutdown(force bool) ([]string, error) {
-	mounted, err := m.mountedLayers()
-	if err != nil {
-		return nil, err
-	}
-	if len(mounted) > 0 && !force {
-		return mounted, fmt.Errorf("a layer is mounted: %w", ErrLayerUsedByContainer)
-	}
-	var errs []error
-	for _, id := range mounted {
-		if _, err := m.Unmount(id, true); err != nil {
-			errs = append(errs, err)
-		}
+	mounted, err := unmountAll(m.mountedLayers, m.Unmount, force)
+	if err != nil && (mounted == nil || !force) {
+		return mounted, err // not listed, or refused: still open
 	}
 	m.Free()
-	return mounted, errors.Join(errs...)
+	return mounted, err
 }
 
 // Free releases every store without unmounting anything.

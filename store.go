@@ -266,21 +266,32 @@ func (s *store) Version() ([][2]string, error) {
 // is set; otherwise it refuses while any is mounted, as containers/storage
 // does) and releases the store.
 func (s *store) Shutdown(force bool) ([]string, error) {
-	mounted, err := s.mountedLayers()
+	mounted, err := unmountAll(s.mountedLayers, s.Unmount, force)
+	if err != nil && (mounted == nil || !force) {
+		return mounted, err // not listed, or refused: still open
+	}
+	return mounted, errors.Join(err, s.close())
+}
+
+// unmountAll unmounts every layer mounted lists, for Shutdown: with force,
+// or only when none is mounted (ErrLayerUsedByContainer otherwise, with
+// the list), as containers/storage does. A failure to list returns no
+// layers.
+func unmountAll(mounted func() ([]string, error), unmount func(id string, force bool) (bool, error), force bool) ([]string, error) {
+	ids, err := mounted()
 	if err != nil {
 		return nil, err
 	}
-	if len(mounted) > 0 && !force {
-		return mounted, fmt.Errorf("a layer is mounted: %w", ErrLayerUsedByContainer)
+	if len(ids) > 0 && !force {
+		return ids, fmt.Errorf("a layer is mounted: %w", ErrLayerUsedByContainer)
 	}
 	var errs []error
-	for _, id := range mounted {
-		if _, err := s.Unmount(id, true); err != nil {
+	for _, id := range ids {
+		if _, err := unmount(id, true); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, s.close())
-	return mounted, errors.Join(errs...)
+	return ids, errors.Join(errs...)
 }
 
 // Free releases the store without unmounting anything.
