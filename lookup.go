@@ -162,24 +162,31 @@ func (s *store) indexedImage(ref string) (*imageRecord, error) {
 		`labels."` + cslabels.ImageID + `"==` + strconv.Quote(ref),
 		`labels."` + cslabels.ImageNamePrefix + ref + `"`,
 	} {
-		var found *imageRecord
-		err := s.cs.Walk(s.ctx, func(info content.Info) error {
-			if info.Labels[cslabels.ImageMarker] == "" {
-				return nil
-			}
-			doc, err := s.readImageDoc(info)
-			if err != nil {
-				return err
-			}
-			found = imageFromLabels(doc, info.Digest, info.Labels)
-			return nil
-		}, filter)
-		if err != nil && !errdefs.IsNotFound(err) {
-			return nil, err
-		}
-		if found != nil {
-			return found, nil
+		found, err := s.imageByFilter(filter)
+		if err != nil || found != nil {
+			return found, err
 		}
 	}
 	return nil, nil
+}
+
+// imageByFilter returns the store image whose record blob matches the
+// content filter, nil if none.
+func (s *store) imageByFilter(filter string) (*imageRecord, error) {
+	var found *imageRecord
+	err := s.cs.Walk(s.ctx, func(info content.Info) error {
+		if info.Labels[cslabels.ImageMarker] == "" {
+			return nil
+		}
+		doc, err := s.readImageDoc(info)
+		if err != nil {
+			return err
+		}
+		found = imageFromLabels(doc, info.Digest, info.Labels)
+		return nil
+	}, filter)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	return found, nil
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 
@@ -356,20 +355,5 @@ func (s *store) imageNamed(n string) (*imageRecord, error) {
 		}
 		return idx.byName[n], nil
 	}
-	var found *imageRecord
-	err := s.cs.Walk(s.ctx, func(info content.Info) error {
-		if info.Labels[cslabels.ImageMarker] == "" {
-			return nil
-		}
-		doc, err := s.readImageDoc(info)
-		if err != nil {
-			return err
-		}
-		found = imageFromLabels(doc, info.Digest, info.Labels)
-		return nil
-	}, `labels."`+cslabels.ImageNamePrefix+n+`"`)
-	if err != nil && !errdefs.IsNotFound(err) {
-		return nil, err
-	}
-	return found, nil
+	return s.imageByFilter(`labels."` + cslabels.ImageNamePrefix + n + `"`)
 }
