@@ -84,6 +84,9 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if err := removeIncomplete(ctx, d.sn); err != nil {
 		log.G(ctx).WithError(err).Warn("removing incomplete layers failed")
 	}
+	if err := d.diff.ReleaseOrphans(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("releasing tar-splits of removed snapshots failed")
+	}
 	if err := d.cs.AbortOwn(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("aborting ingests left by a crash failed")
 	}

@@ -156,6 +156,44 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: res.UncompressedDigest, Size: res.UncompressedSize}, nil
 }
 
+// ReleaseOrphans lets go of the tar-splits of snapshots that are gone: a
+// daemon killed between a snapshot's removal and Released leaves the
+// blob's reference behind. For start-up, while nobody else uses the root.
+func (s *Service) ReleaseOrphans(ctx context.Context) error {
+	ids, err := s.sn.RecordIDs(ctx)
+	if err != nil {
+		return err
+	}
+	type orphan struct {
+		dgst digest.Digest
+		ref  string
+	}
+	var orphans []orphan
+	prefix := cslabels.BlobRefPrefix + "snapshot."
+	if err := s.cs.Walk(ctx, func(info content.Info) error {
+		for k := range info.Labels {
+			rest, ok := strings.CutPrefix(k, prefix)
+			if !ok {
+				continue
+			}
+			if id, _, _ := strings.Cut(rest, "."); !ids[id] {
+				orphans = append(orphans, orphan{info.Digest, k})
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	var errs []error
+	for _, o := range orphans {
+		log.G(ctx).WithField("digest", o.dgst).WithField("ref", o.ref).Info("releasing the reference of a snapshot that is gone")
+		if err := contentstore.Release(ctx, s.cs, o.dgst, o.ref); err != nil {
+			errs = append(errs, fmt.Errorf("release %s of blob %s: %w", o.ref, o.dgst, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Released lets go of what a removed snapshot referenced: its tar-split
 // blob, once no other snapshot or layer uses it.
 func (s *Service) Released(ctx context.Context, id string, labels map[string]string) {

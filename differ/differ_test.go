@@ -33,6 +33,7 @@ type env struct {
 	sn   *snapshotter.Snapshotter
 	cs   *contentstore.Store
 	db   *metadata.DB
+	root string
 	diff *differ.Service
 }
 
@@ -57,7 +58,7 @@ func newEnvLimited(t *testing.T, maxLayerSize int64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ctx: ctx, cs: cs, db: db}
+	e := &env{ctx: ctx, cs: cs, db: db, root: root}
 	e.sn, err = snapshotter.New(ctx, root, db, snapshotter.Options{
 		Removed: func(ctx context.Context, id string, l map[string]string) { e.diff.Released(ctx, id, l) },
 	})
@@ -384,4 +385,51 @@ func blobCount(t *testing.T, e *env) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestReleaseOrphans: a snapshot removed without Released being called (the
+// daemon killed in between) leaves its tar-split's reference; the start-up
+// sweep releases it, and keeps the references of snapshots still there.
+func TestReleaseOrphans(t *testing.T) {
+	e := newEnv(t)
+	before := blobCount(t, e)
+	for i, name := range []string{"kept", "removed"} {
+		blob, _ := layerBlob(t, map[string]string{"etc/" + name: name})
+		desc := e.store(t, blob)
+		mounts, err := e.sn.Prepare(e.ctx, name+"-extract", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.diff.Apply(e.ctx, &diffapi.ApplyRequest{Diff: apiDesc(desc), Mounts: apiMounts(mounts)}); err != nil {
+			t.Fatalf("apply %d: %v", i, err)
+		}
+		if err := e.sn.Commit(e.ctx, name, name+"-extract"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept, err := e.sn.Stat(e.ctx, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same root without the Removed hook: a removal whose release the
+	// kill cut off.
+	cut, err := snapshotter.New(e.ctx, e.root, e.db, snapshotter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cut.Remove(e.ctx, "removed"); err != nil {
+		t.Fatal(err)
+	}
+	if n := blobCount(t, e); n != before+4 {
+		t.Fatalf("%d blobs, want %d (two layers, two tar-splits)", n, before+4)
+	}
+	if err := e.diff.ReleaseOrphans(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := blobCount(t, e); n != before+3 {
+		t.Errorf("%d blobs after the sweep, want %d: the removed snapshot's tar-split is still there", n, before+3)
+	}
+	if _, err := e.cs.Info(e.ctx, digest.Digest(kept.Labels[cslabels.TarSplit])); err != nil {
+		t.Errorf("the sweep released the tar-split of a snapshot still there: %v", err)
+	}
 }

@@ -294,6 +294,19 @@ func (s *Snapshotter) addApplied(ctx context.Context, tx *bolt.Tx, id, name stri
 	return err
 }
 
+// RecordIDs returns the record IDs of every snapshot.
+func (s *Snapshotter) RecordIDs(ctx context.Context) (ids map[string]bool, err error) {
+	err = s.db.View(ctx, func(ctx context.Context, _ *bolt.Tx) error {
+		m, err := storage.IDMap(ctx)
+		ids = make(map[string]bool, len(m))
+		for id := range m {
+			ids[id] = true
+		}
+		return err
+	})
+	return ids, err
+}
+
 // LabelsOf returns the labels of the snapshot with record ID id. It scans
 // every record, so it is for rare calls.
 func (s *Snapshotter) LabelsOf(ctx context.Context, id string) (labels map[string]string, err error) {
