@@ -21,6 +21,7 @@ import (
 
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
 
 // reportErrors flattens a report for messages.
@@ -98,7 +99,7 @@ func snapshotDir(t *testing.T, sn snapshots.Snapshotter, key string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		upper, _, err := dirsOfMounts(m, false)
+		upper, _, err := overlayutils.Dirs(m, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +111,7 @@ func snapshotDir(t *testing.T, sn snapshots.Snapshotter, key string) string {
 		t.Fatal(err)
 	}
 	defer sn.Remove(testCtx, probe)
-	dir, _, err := dirsOfMounts(m, true)
+	dir, _, err := overlayutils.Dirs(m, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -23,6 +22,7 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/contentstore"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/layerdiff"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
 
 // Compression is a layer diff's compression, numbered as containers/storage
@@ -75,36 +75,6 @@ type DiffOptions struct {
 	Compression *Compression
 }
 
-// dirsOfMounts returns the directory a snapshot's mounts write to (upper)
-// and those beneath it, nearest first. For a view (readOnly) the layer's
-// own directory is the first lower one.
-func dirsOfMounts(mounts []mount.Mount, readOnly bool) (upper string, lowers []string, err error) {
-	if len(mounts) != 1 {
-		return "", nil, fmt.Errorf("unexpected mounts %+v", mounts)
-	}
-	m := mounts[0]
-	switch m.Type {
-	case "bind":
-		return m.Source, nil, nil
-	case "overlay":
-		for _, o := range m.Options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				upper = v
-			} else if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
-				lowers = strings.Split(v, ":")
-			}
-		}
-		if readOnly && upper == "" && len(lowers) > 0 {
-			return lowers[0], lowers[1:], nil
-		}
-		if upper == "" {
-			return "", nil, fmt.Errorf("overlay mount without upperdir: %v", m.Options)
-		}
-		return upper, lowers, nil
-	}
-	return "", nil, fmt.Errorf("unexpected mount type %q", m.Type)
-}
-
 // layerDirs returns the directory holding layer r's own files and its
 // parents' directories, nearest first; release frees what it took.
 func (s *store) layerDirs(r *layerRecord) (upper string, lowers []string, release func(), err error) {
@@ -113,7 +83,7 @@ func (s *store) layerDirs(r *layerRecord) (upper string, lowers []string, releas
 		if err != nil {
 			return "", nil, nil, mapErr(err)
 		}
-		upper, lowers, err := dirsOfMounts(m, false)
+		upper, lowers, err := overlayutils.Dirs(m, false)
 		return upper, lowers, func() {}, err
 	}
 	// Owned, so containerd's garbage collector (which removes backend
@@ -125,7 +95,7 @@ func (s *store) layerDirs(r *layerRecord) (upper string, lowers []string, releas
 		return "", nil, nil, mapErr(fmt.Errorf("view layer %s: %w", r.ID, err))
 	}
 	release = func() { s.deleteSnapshot(key) }
-	upper, lowers, err = dirsOfMounts(m, true)
+	upper, lowers, err = overlayutils.Dirs(m, true)
 	if err != nil {
 		release()
 		return "", nil, nil, err

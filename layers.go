@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
 
 // Layer is containers/storage's layer record.
@@ -633,7 +634,7 @@ func (s *store) fillAndCommit(id, parentKey string, labels map[string]string, di
 	}()
 	size := int64(-1)
 	if diff != nil {
-		upper, lowers, err := dirsOfMounts(mounts, false)
+		upper, lowers, err := overlayutils.Dirs(mounts, false)
 		if err != nil {
 			return -1, err
 		}

@@ -12,7 +12,6 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -20,10 +19,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
-	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
 
 // roStore is one additional read-only image store: the store code reading
@@ -47,7 +45,7 @@ func (r *roStore) readOnlyError(kind, id string) error {
 
 // openROStore opens the additional image store o for s, without writing to
 // it or taking its lock.
-func openROStore(s *store, o imageStoreOption) (_ *roStore, err error) {
+func openROStore(s *store, o imageStoreOption) (*roStore, error) {
 	path, err := filepath.Abs(o.path)
 	if err != nil {
 		return nil, err
@@ -56,46 +54,13 @@ func openROStore(s *store, o imageStoreOption) (_ *roStore, err error) {
 	if path == s.opts.GraphRoot {
 		return nil, fmt.Errorf("%s: it is the store's own graph root", name)
 	}
-	r := &roStore{path: path, option: o.option}
+	is, err := daemon.OpenImageStore(s.ctx, path, nil, lockWait)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	st := &store{opts: StoreOptions{GraphRoot: path, RunRoot: s.opts.RunRoot}, ctx: s.ctx, readOnly: true}
-	// A daemon serving the root on this host: read through it, so this
-	// process and the daemon never meet on the database file.
-	if h, ok := daemon.ReadHolder(path); ok && h.Address != "" {
-		c, err := daemon.DialStore(h.Address)
-		if err == nil {
-			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-			_, err = c.Snapshotter.Stat(ctx, internalPrefix+"probe")
-			cancel()
-			if err == nil || errdefs.IsNotFound(err) {
-				st.sn, st.cs = roSnapshotter{c.Snapshotter}, roContent{nativeReads{c.Content}}
-				r.st, r.via, r.close = st, "daemon "+h.Address, c.Close
-				return r, nil
-			}
-			c.Close()
-		}
-		// Nobody answers: a stale record; read the files.
-	}
-	cfg := config.Default()
-	cfg.Root = path
-	deadline := time.Now().Add(lockWait)
-	for {
-		ro, err := daemon.OpenReadOnly(s.ctx, cfg)
-		if err == nil {
-			st.sn, st.cs = roSnapshotter{ro.Snapshotter()}, roContent{ro.Content()}
-			r.st, r.via, r.close = st, "direct", ro.Close
-			return r, nil
-		}
-		if !errors.Is(err, metadata.ErrLocked) || time.Now().After(deadline) {
-			if h, ok := daemon.ReadHolder(path); ok && errors.Is(err, metadata.ErrLocked) {
-				return nil, fmt.Errorf("%s: in use by %s, which does not serve it on a socket: %w", name, h, err)
-			}
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		// An in-process store of another process holds the database
-		// (a short-lived command, usually): wait, as GetStore waits
-		// for a root.
-		time.Sleep(100 * time.Millisecond)
-	}
+	st.sn, st.cs = roSnapshotter{is.Snapshotter}, roContent{nativeReads{is.Content}}
+	return &roStore{path: path, option: o.option, st: st, via: is.Via, close: is.Close}, nil
 }
 
 func closeRO(list []*roStore) {
@@ -649,7 +614,7 @@ func (r *roStore) layerDir(rec *layerRecord) (string, error) {
 	if err != nil {
 		return "", mapErr(fmt.Errorf("layer %s of read-only image store %s: %w", rec.ID, r.path, err))
 	}
-	dir, _, err := dirsOfMounts(mounts, !rec.writeable)
+	dir, _, err := overlayutils.Dirs(mounts, !rec.writeable)
 	return dir, err
 }
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -163,6 +164,19 @@ func GetStore(options StoreOptions) (Store, error) {
 		}
 		s.client = c
 		s.sn, s.cs = c.Snapshotter, nativeReads{c.Content}
+		// The daemon's own read-only image stores are the store's too.
+		for _, p := range inUse.Holder.ImageStores {
+			if slices.ContainsFunc(ro, func(r *roStore) bool { return r.path == p }) {
+				continue
+			}
+			r, err := openROStore(s, imageStoreOption{path: p, option: "additional_image_stores of the daemon on " + inUse.Holder.Address})
+			if err != nil {
+				closeRO(ro)
+				s.close()
+				return nil, err
+			}
+			ro = append(ro, r)
+		}
 	default:
 		closeRO(ro)
 		return nil, err

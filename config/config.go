@@ -31,6 +31,10 @@ type Config struct {
 	// RunRoot holds what does not survive a reboot: the socket by default.
 	RunRoot  string `toml:"run_root"`
 	LogLevel string `toml:"log_level"`
+	// AdditionalImageStores are other cs-snapshotter roots, read and never
+	// written, whose layers containerd can use here without copying them
+	// (containers/storage's additionalimagestores).
+	AdditionalImageStores []string `toml:"additional_image_stores"`
 
 	GRPC        GRPC        `toml:"grpc"`
 	Snapshotter Snapshotter `toml:"snapshotter"`
@@ -135,6 +139,18 @@ func (c *Config) Validate() error {
 	}
 	if c.RunRoot == "" || !filepath.IsAbs(c.RunRoot) {
 		return fmt.Errorf("run_root must be an absolute path, got %q", c.RunRoot)
+	}
+	seen := map[string]bool{}
+	for _, p := range c.AdditionalImageStores {
+		switch {
+		case p == "" || !filepath.IsAbs(p):
+			return fmt.Errorf("additional_image_stores: each must be an absolute path, got %q", p)
+		case filepath.Clean(p) == filepath.Clean(c.Root):
+			return fmt.Errorf("additional_image_stores: %q is the root itself", p)
+		case seen[filepath.Clean(p)]:
+			return fmt.Errorf("additional_image_stores: %q is listed twice", p)
+		}
+		seen[filepath.Clean(p)] = true
 	}
 	if c.GRPC.Address != "" && !filepath.IsAbs(c.GRPC.Address) {
 		return fmt.Errorf("grpc.address must be an absolute path, got %q", c.GRPC.Address)

@@ -47,7 +47,7 @@ func TestExampleIsDefault(t *testing.T) {
 	}
 	d := Default()
 	if c.Root != d.Root || c.RunRoot != d.RunRoot || c.LogLevel != d.LogLevel || c.GRPC != d.GRPC ||
-		len(c.Snapshotter.MountOptions) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
+		len(c.Snapshotter.MountOptions) != 0 || len(c.AdditionalImageStores) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
 		c.Snapshotter.MaxLayerSize != d.Snapshotter.MaxLayerSize ||
 		c.Metrics != d.Metrics || c.Debug != d.Debug {
 		t.Errorf("example differs from defaults:\n%+v\n%+v", c, d)
@@ -58,6 +58,7 @@ func TestParse(t *testing.T) {
 	c := Default()
 	err := Parse([]byte(`
 root = "/srv/cs"
+additional_image_stores = ["/srv/shared", "/mnt/nfs/images"]
 [grpc]
 address = "/srv/cs.sock"
 gid = 42
@@ -77,6 +78,7 @@ address = "/run/cs-debug.sock"
 	if c.Root != "/srv/cs" || c.Address() != "/srv/cs.sock" || c.GRPC.GID != 42 || c.GRPC.UID != -1 ||
 		c.Snapshotter.MountOptions[0] != "volatile" || !c.Snapshotter.AsyncRemove || c.RunRoot != DefaultRunRoot ||
 		c.Snapshotter.MaxLayerSize != 100<<30 ||
+		len(c.AdditionalImageStores) != 2 || c.AdditionalImageStores[1] != "/mnt/nfs/images" ||
 		c.Metrics.Address != "127.0.0.1:9100" || c.Debug.Address != "/run/cs-debug.sock" {
 		t.Errorf("parsed %+v", c)
 	}
@@ -95,6 +97,11 @@ func TestParseErrors(t *testing.T) {
 		{"[metrics]\naddress = \"metrics.sock\"\n", `metrics.address must be host:port or an absolute socket path, got "metrics.sock"`},
 		{"[metrics]\nadress = \"x\"\n", `unknown key "metrics.adress" (line 2)`},
 		{"[debug]\naddress = \"localhost:6060\"\n", `debug.address must be an absolute socket path, got "localhost:6060"`},
+		{"additional_image_stores = [\"srv/shared\"]\n", `additional_image_stores: each must be an absolute path, got "srv/shared"`},
+		{"additional_image_stores = [\"\"]\n", `additional_image_stores: each must be an absolute path, got ""`},
+		{"root = \"/srv/cs\"\nadditional_image_stores = [\"/srv/cs/\"]\n", `additional_image_stores: "/srv/cs/" is the root itself`},
+		{"additional_image_stores = [\"/a\", \"/b\", \"/a\"]\n", `additional_image_stores: "/a" is listed twice`},
+		{"additional_image_stores = \"/a\"\n", "line 1"},
 		{"[snapshotter]\nmax_layer_size = -1\n", `snapshotter.max_layer_size must be a number of bytes, 0 for no limit, got -1`},
 		{"[snapshotter]\nmax_layer_size = \"10G\"\n", "line 2"},
 		{"[snapshotter]\nmax_layer_size = 1e12\n", "line 2"},

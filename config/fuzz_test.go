@@ -39,6 +39,9 @@ func FuzzParse(f *testing.F) {
 		if len(c.Snapshotter.MountOptions) == 0 && len(again.Snapshotter.MountOptions) == 0 {
 			c.Snapshotter.MountOptions, again.Snapshotter.MountOptions = nil, nil
 		}
+		if len(c.AdditionalImageStores) == 0 && len(again.AdditionalImageStores) == 0 {
+			c.AdditionalImageStores, again.AdditionalImageStores = nil, nil
+		}
 		if !reflect.DeepEqual(c, again) {
 			t.Fatalf("encoded and parsed again, %+v is %+v", c, again)
 		}

@@ -46,6 +46,8 @@ type Daemon struct {
 	sn   *snapshotter.Snapshotter
 	cs   *contentstore.Store
 	diff *differ.Service
+	// stores are the additional read-only image stores.
+	stores []*ImageStore
 }
 
 // Open takes the root of cfg for this process and opens everything in it.
@@ -62,6 +64,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 			d.Close()
 		}
 	}()
+	holder.ImageStores = cfg.AdditionalImageStores
 	if d.lock, err = lockRoot(root, holder); err != nil {
 		return nil, err
 	}
@@ -94,6 +97,14 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if err := d.sn.Cleanup(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("cleanup at start failed")
 	}
+	for _, p := range cfg.AdditionalImageStores {
+		is, err := OpenImageStore(ctx, p, cfg.Snapshotter.MountOptions, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("additional image store %s (additional_image_stores): %w", p, err)
+		}
+		d.stores = append(d.stores, is)
+		log.G(ctx).WithFields(log.Fields{"store": is.Path, "via": is.Via}).Info("serving the layers of a read-only image store")
+	}
 	return d, nil
 }
 
@@ -106,6 +117,9 @@ func (d *Daemon) Content() *contentstore.Store { return d.cs }
 // Close closes the database and releases the root.
 func (d *Daemon) Close() error {
 	var errs []error
+	for _, is := range d.stores {
+		errs = append(errs, is.Close())
+	}
 	if d.sn != nil {
 		errs = append(errs, d.sn.Close())
 	}
@@ -132,7 +146,11 @@ func (d *Daemon) NewServer() *grpc.Server {
 		grpc.ChainUnaryInterceptor(recoverUnary, metricsUnary, logUnary, storeCallerUnary),
 		grpc.ChainStreamInterceptor(recoverStream, metricsStream, logStream, storeCallerStream),
 	)
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(d.sn), d.sn})
+	var sn snapshots.Snapshotter = d.sn
+	if len(d.stores) > 0 {
+		sn = imageStoreLayers{Snapshotter: d.sn, stores: d.stores}
+	}
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(sn), sn})
 	contentapi.RegisterContentServer(srv, contentstore.NewService(d.cs))
 	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv

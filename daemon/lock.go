@@ -22,6 +22,10 @@ type Holder struct {
 	// Address is the socket a daemon holding the root serves; empty for a
 	// store opened in-process.
 	Address string `json:"address,omitempty"`
+	// ImageStores are the additional read-only image stores a daemon
+	// serves with the root, so a store reaching the root through it
+	// reads them too.
+	ImageStores []string `json:"image_stores,omitempty"`
 }
 
 func (h Holder) String() string {

@@ -24,10 +24,13 @@ type served struct {
 	stop   func() error
 }
 
-func serve(ctx context.Context, root string) (*served, error) {
+func serve(ctx context.Context, root string, edit ...func(*config.Config)) (*served, error) {
 	cfg := config.Default()
 	cfg.Root = root
 	cfg.RunRoot = filepath.Join(root, "run")
+	for _, e := range edit {
+		e(&cfg)
+	}
 	addr := cfg.Address()
 	d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "test", Address: addr})
 	if err != nil {

@@ -136,3 +136,30 @@ func removeCheckLeftovers(root string) {
 		}
 	}
 }
+
+func Dirs(mounts []mount.Mount, readOnly bool) (upper string, lowers []string, err error) {
+	if len(mounts) != 1 {
+		return "", nil, fmt.Errorf("unexpected mounts %+v", mounts)
+	}
+	m := mounts[0]
+	switch m.Type {
+	case "bind":
+		return m.Source, nil, nil
+	case "overlay":
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = v
+			} else if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				lowers = strings.Split(v, ":")
+			}
+		}
+		if readOnly && upper == "" && len(lowers) > 0 {
+			return lowers[0], lowers[1:], nil
+		}
+		if upper == "" {
+			return "", nil, fmt.Errorf("overlay mount without upperdir: %v", m.Options)
+		}
+		return upper, lowers, nil
+	}
+	return "", nil, fmt.Errorf("unexpected mount type %q", m.Type)
+}

@@ -1,0 +1,228 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/metadata"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
+	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+)
+
+// seedLayers makes a two-layer chain in the root a daemon serves, as the
+// store or the diff service would (diff IDs recorded), and returns the
+// layers' chain IDs.
+func seedLayers(t *testing.T, ctx context.Context, addr string) []digest.Digest {
+	t.Helper()
+	c, err := daemon.DialStore(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	diffIDs := []digest.Digest{digest.FromString("layer one"), digest.FromString("layer two")}
+	parent := ""
+	for i, name := range []string{"one", "two"} {
+		key := "seed-" + name
+		mounts, err := c.Snapshotter.Prepare(ctx, key+"-active", parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := mounts[0].Source
+		for _, o := range mounts[0].Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				dir = v
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		labels := map[string]string{cslabels.UncompressedDigest: diffIDs[i].String()}
+		if err := c.Snapshotter.Commit(ctx, key, key+"-active", snapshots.WithLabels(labels)); err != nil {
+			t.Fatal(err)
+		}
+		parent = key
+	}
+	return identity.ChainIDs(diffIDs)
+}
+
+// serveWith serves root with the additional image stores given.
+func serveWith(t *testing.T, ctx context.Context, root string, stores ...string) *served {
+	t.Helper()
+	s, err := serve(ctx, root, func(c *config.Config) { c.AdditionalImageStores = stores })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestReadOnlyStoreLayersForContainerd: containerd (its own metadata
+// snapshotter, as it runs in containerd, over the socket) unpacking an
+// image whose layers a read-only image store holds gets them at once as
+// committed snapshots, runs a container on them in the writable root, and
+// its garbage collector removes the mirrors afterwards; the read-only
+// store is never written. Read directly and through the daemon serving it.
+func TestReadOnlyStoreLayersForContainerd(t *testing.T) {
+	requireRoot(t)
+	for _, via := range []string{"direct", "daemon"} {
+		t.Run(via, func(t *testing.T) {
+			ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+			roRoot := filepath.Join(t.TempDir(), "shared")
+			seed, err := serve(ctx, roRoot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain := seedLayers(t, ctx, seed.addr)
+			if via == "direct" {
+				if err := seed.stop(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				defer seed.stop()
+			}
+			before := treeOf(t, filepath.Join(roRoot, "snapshots"))
+
+			s := serveWith(t, ctx, filepath.Join(t.TempDir(), "node"), roRoot)
+			defer s.stop()
+			bdb, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bdb.Close()
+			db := metadata.NewDB(bdb, s.client.Content, map[string]snapshots.Snapshotter{"cs": s.client.Snapshotter})
+			if err := db.Init(ctx); err != nil {
+				t.Fatal(err)
+			}
+			sn := db.Snapshotter("cs")
+
+			// The unpacker's calls, layer by layer.
+			parent := ""
+			for i, c := range chain {
+				ref := snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": c.String()})
+				_, err := sn.Prepare(ctx, "extract-"+c.Encoded(), parent, ref)
+				if !errdefs.IsAlreadyExists(err) {
+					t.Fatalf("layer %d: Prepare: %v, want AlreadyExists", i, err)
+				}
+				info, err := sn.Stat(ctx, c.String())
+				if err != nil || info.Kind != snapshots.KindCommitted || info.Parent != parent {
+					t.Fatalf("layer %d: Stat(%s): %+v, %v", i, c, info, err)
+				}
+				parent = c.String()
+			}
+			mounts, err := sn.Prepare(ctx, "container", parent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			target := t.TempDir()
+			if err := mount.All(mounts, target); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"one", "two"} {
+				if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != name {
+					t.Errorf("container sees %s: %q, %v", name, b, err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(target, "three"), []byte("3"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(filepath.Join(target, "one"))
+			if err := mount.UnmountAll(target, 0); err != nil {
+				t.Fatal(err)
+			}
+
+			// A chain ID no store has is prepared as usual.
+			other := digest.FromString("not there")
+			if _, err := sn.Prepare(ctx, "extract-other", "", snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": other.String()})); err != nil {
+				t.Errorf("Prepare of a layer no store has: %v", err)
+			}
+
+			// containerd's GC removes what nothing references: the
+			// mirrors go (the links only).
+			for _, k := range []string{"container", "extract-other"} {
+				if err := sn.Remove(ctx, k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := db.GarbageCollect(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var left []string
+			s.client.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+				left = append(left, info.Name)
+				return nil
+			})
+			if len(left) != 0 {
+				t.Errorf("after containerd's GC the node's root still has %v", left)
+			}
+			if after := treeOf(t, filepath.Join(roRoot, "snapshots")); after != before {
+				t.Errorf("the read-only store changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+}
+
+// treeOf lists every path under dir with its size.
+func treeOf(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		b.WriteString(strings.TrimPrefix(p, dir) + " " + fi.Mode().String() + "\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// TestBadImageStore: a read-only image store that is not a root fails the
+// daemon's start naming it, and the root is as it was: the daemon starts
+// on it without the store and has its snapshots.
+func TestBadImageStore(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	root := t.TempDir()
+	s := serveWith(t, ctx, root)
+	if _, err := s.client.Snapshotter.Prepare(ctx, "kept", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	for _, bad := range []string{filepath.Join(t.TempDir(), "missing"), t.TempDir(), file} {
+		_, err := serve(ctx, root, func(c *config.Config) { c.AdditionalImageStores = []string{bad} })
+		if err == nil || !strings.Contains(err.Error(), "additional image store "+bad+" (additional_image_stores)") ||
+			!strings.Contains(err.Error(), "not a cs-snapshotter root") {
+			t.Errorf("store %s: %v, want an error naming it", bad, err)
+		}
+		if err == nil {
+			continue
+		}
+		var inUse *daemon.InUseError
+		if errors.As(err, &inUse) {
+			t.Fatalf("the failed start kept the root: %v", err)
+		}
+	}
+	s = serveWith(t, ctx, root)
+	defer s.stop()
+	if _, err := s.client.Snapshotter.Stat(ctx, "kept"); err != nil {
+		t.Errorf("after the failed starts: %v", err)
+	}
+}
