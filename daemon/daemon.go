@@ -17,6 +17,7 @@ import (
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -151,7 +152,11 @@ func (d *Daemon) NewServer() *grpc.Server {
 		sn = imageStoreLayers{Snapshotter: d.sn, stores: d.stores}
 	}
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(sn), sn})
-	contentapi.RegisterContentServer(srv, contentstore.NewService(d.cs))
+	var cs content.Store = d.cs
+	if len(d.stores) > 0 {
+		cs = imageStoreContent{Store: d.cs, stores: d.stores}
+	}
+	contentapi.RegisterContentServer(srv, contentstore.NewService(cs))
 	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv
 }

@@ -92,6 +92,9 @@ type options struct {
 	testDelete bool
 
 	diffUncompressed, diffGzip, diffBzip2, diffXz bool
+
+	// publish: containerd's socket, namespace and cs's plugin name there.
+	address, namespace, snapshotter string
 }
 
 // cli is what a command's action works with.

@@ -1,0 +1,142 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
+)
+
+// TestReadOnlyImageStore: one host (the seed) imports images into its
+// root; a node whose daemon has that root as an additional read-only image
+// store publishes them into its own containerd and runs containers from
+// them (ctr and nerdctl), with nothing copied: the layers are the seed's
+// files, containers write in the node's root, the seed's root is never
+// written, and an image the seed adds later is there without a restart.
+// containerd's GC on the node then removes the mirrors, not the seed's
+// layers.
+func TestReadOnlyImageStore(t *testing.T) {
+	if baseline {
+		t.Skip("read-only image stores are cs-snapshotter's")
+	}
+	seed := NewEnv(t)
+	seed.ImportImage(imageArchive)
+	node := NewEnv(t)
+	cfg := fmt.Sprintf("additional_image_stores = [%q]\n", seed.CSRoot)
+	if err := os.WriteFile(node.CSConfig, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	node.StopDaemon()
+	node.StartDaemon()
+	seedTree := func() string { return dirTree(t, filepath.Join(seed.CSRoot, "snapshots")) }
+
+	cli := func(args ...string) string {
+		t.Helper()
+		args = append([]string{"--graph", node.CSRoot, "--run", filepath.Join(node.Dir, "cli-run")}, args...)
+		out, err := exec.Command(csBin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("cs-snapshotter %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	// The node's store lists the seed's image, read-only, through the
+	// daemon's read-only image store.
+	var images []struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(cli("images", "--json")), &images); err != nil {
+		t.Fatal(err)
+	}
+	imageID := image.Config.Digest.Encoded()
+	if len(images) != 1 || images[0].ID != imageID {
+		t.Fatalf("the node's store lists %+v, want the seed's image %s", images, imageID)
+	}
+	if out := cli("status"); !strings.Contains(out, "Read-only image store: "+seed.CSRoot+" (daemon "+seed.CSSocket+")") {
+		t.Errorf("the node's store status does not name the seed's root, read through its daemon:\n%s", out)
+	}
+
+	publish := func(id, name string) {
+		t.Helper()
+		var res struct {
+			Layers, Shared, BlobsRecorded int `json:",omitempty"`
+		}
+		out := cli("publish", "--address", node.CtrdSocket, "--name", name, "--json", id)
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("publish --json: %v\n%s", err, out)
+		}
+		var raw map[string]any
+		json.Unmarshal([]byte(out), &raw)
+		if raw["shared"] != raw["layers"] || raw["blobs_recorded"] != raw["layers"] {
+			t.Errorf("publish %s: %s; want every layer shared and its blob recorded", name, out)
+		}
+	}
+	before := seedTree()
+	publish(imageID, imageName)
+
+	out := node.MustCtr("run", "--rm", "--snapshotter", "cs", imageName, node.ID("ro"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "ctr run on the read-only store's image", out, imagebuild.HelloText)
+	out = node.MustCtr("run", "--rm", "--snapshotter", "cs", imageName, node.ID("ro-layers"), "sh", "-c", layerCheckScript)
+	wantOutput(t, "layer check on the read-only store's image", out, layerCheckWant)
+	out = node.MustNerdctl("run", "--rm", "--net", "none", imageName, "cat", imagebuild.HelloPath)
+	wantOutput(t, "nerdctl run on the read-only store's image", out, imagebuild.HelloText)
+	node.checkChain(image.ChainIDs())
+	if out := node.MustCtr("images", "check", "--snapshotter", "cs", "-q"); !strings.Contains("\n"+out, "\n"+imageName+"\n") {
+		t.Errorf("`ctr images check` does not report %s complete and unpacked:\n%s", imageName, out)
+	}
+	// Nothing was copied: every layer snapshot's files are a link into
+	// the seed's root.
+	links := 0
+	filepath.Walk(filepath.Join(node.CSRoot, "snapshots"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			if dest, _ := os.Readlink(p); strings.HasPrefix(dest, seed.CSRoot+"/") {
+				links++
+			}
+		}
+		return nil
+	})
+	if links != len(image.Layers) {
+		t.Errorf("the node's root has %d links into the seed's root, want one per layer (%d)", links, len(image.Layers))
+	}
+
+	// The seed adds an image (sharing the first layers); the node runs it
+	// without a restart.
+	seed.ImportImage(deepArchive)
+	publish(deepImage.Config.Digest.Encoded(), deepName)
+	out = node.MustCtr("run", "--rm", "--snapshotter", "cs", deepName, node.ID("ro-deep"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "ctr run on the seed's new image", out, imagebuild.HelloText)
+	before = seedTree() // the seed itself wrote the new image
+
+	// Removing the images lets containerd's GC take the mirrors, and
+	// only them.
+	node.MustCtr("images", "rm", "--sync", imageName, deepName)
+	if snaps := node.CtrSnapshots(); len(snaps) != 0 {
+		t.Errorf("after the images went, the node still has snapshots %v", snaps)
+	}
+	if after := seedTree(); after != before {
+		t.Errorf("the seed's root changed under the node:\nbefore %s\nafter  %s", before, after)
+	}
+	out = seed.MustCtr("run", "--rm", "--snapshotter", "cs", deepName, seed.ID("seed-after"), "cat", imagebuild.HelloPath)
+	wantOutput(t, "the seed runs its image after the node let go", out, imagebuild.HelloText)
+}
+
+// dirTree lists every path under dir with its mode and size.
+func dirTree(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %s %d\n", strings.TrimPrefix(p, dir), fi.Mode(), fi.Size())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
