@@ -34,7 +34,7 @@ type roStore struct {
 	path   string
 	option string
 	st     *store
-	via    string // "daemon ADDRESS" or "direct"
+	via    func() string // "daemon ADDRESS" or "direct"
 	close  func() error
 }
 
@@ -564,7 +564,7 @@ func (m *multiStore) Status() ([][2]string, error) {
 		return nil, err
 	}
 	for _, r := range m.ro {
-		st = append(st, [2]string{"Read-only image store", r.path + " (" + r.via + ")"})
+		st = append(st, [2]string{"Read-only image store", r.path + " (" + r.via() + ")"})
 	}
 	return st, nil
 }

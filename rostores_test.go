@@ -160,7 +160,7 @@ func TestROImageStores(t *testing.T) {
 				if m.Remote() != (writable == "daemon") {
 					t.Fatalf("writable store remote %v", m.Remote())
 				}
-				if via := m.ro[0].via; !strings.HasPrefix(via, ro) {
+				if via := m.ro[0].via(); !strings.HasPrefix(via, ro) {
 					t.Fatalf("read-only store read %s, want %s", via, ro)
 				}
 				checkROStore(t, s, f)

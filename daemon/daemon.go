@@ -104,7 +104,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 			return nil, fmt.Errorf("additional image store %s (additional_image_stores): %w", p, err)
 		}
 		d.stores = append(d.stores, is)
-		log.G(ctx).WithFields(log.Fields{"store": is.Path, "via": is.Via}).Info("serving the layers of a read-only image store")
+		log.G(ctx).WithFields(log.Fields{"store": is.Path, "via": is.Via()}).Info("serving the layers of a read-only image store")
 	}
 	return d, nil
 }

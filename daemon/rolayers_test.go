@@ -20,6 +20,7 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
 // seedLayers makes a two-layer chain in the root a daemon serves, as the
@@ -225,4 +226,46 @@ func TestBadImageStore(t *testing.T) {
 	if _, err := s.client.Snapshotter.Stat(ctx, "kept"); err != nil {
 		t.Errorf("after the failed starts: %v", err)
 	}
+}
+
+// TestImageStoreFollowsItsDaemon: a read-only image store read through the
+// daemon serving it is read directly once that daemon stops, and through
+// it again once it is back, each time with no call failing.
+func TestImageStoreFollowsItsDaemon(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	roRoot := filepath.Join(t.TempDir(), "shared")
+	seed, err := serve(ctx, roRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedLayers(t, ctx, seed.addr)
+	is, err := daemon.OpenImageStore(ctx, roRoot, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer is.Close()
+	sctx := snapshotter.WithStoreCaller(ctx)
+	check := func(want string) {
+		t.Helper()
+		if _, err := is.Snapshotter.Stat(sctx, "seed-two"); err != nil {
+			t.Fatalf("Stat read %s: %v", want, err)
+		}
+		if _, err := is.Content.Info(sctx, digest.FromString("none")); !errdefs.IsNotFound(err) {
+			t.Fatalf("Info of a missing blob read %s: %v, want NotFound", want, err)
+		}
+		if via := is.Via(); !strings.HasPrefix(via, want) {
+			t.Fatalf("read %s, want %s", via, want)
+		}
+	}
+	check("daemon " + seed.addr)
+	if err := seed.stop(); err != nil {
+		t.Fatal(err)
+	}
+	check("direct")
+	if seed, err = serve(ctx, roRoot); err != nil {
+		t.Fatal(err)
+	}
+	defer seed.stop()
+	check("daemon " + seed.addr)
 }
