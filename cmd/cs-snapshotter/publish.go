@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -21,8 +23,8 @@ func init() {
 		maxArgs:     1,
 		flags: func(fs *flagSet, o *options) {
 			fs.listVar(&o.names, []string{"--name", "-n"}, "Image name in containerd (default: the image's names)")
-			fs.stringVar(&o.address, []string{"--address", "-a"}, "containerd's socket (default "+defaults.DefaultAddress+")")
-			fs.stringVar(&o.namespace, []string{"--namespace"}, "containerd namespace (default \"default\"; the CRI's is \"k8s.io\")")
+			fs.stringVar(&o.address, []string{"--address", "-a"}, "containerd's socket (default $CONTAINERD_ADDRESS, else "+defaults.DefaultAddress+")")
+			fs.stringVar(&o.namespace, []string{"--namespace"}, "containerd namespace (default $CONTAINERD_NAMESPACE, else \"default\"; the CRI's is \"k8s.io\")")
 			fs.stringVar(&o.snapshotter, []string{"--snapshotter"}, "Name of cs-snapshotter's proxy plugin in containerd's config (default \""+publish.DefaultSnapshotter+"\")")
 			jsonFlag(fs, o)
 		},
@@ -31,12 +33,13 @@ func init() {
 }
 
 func cmdPublish(c *cli, args []string) (int, error) {
+	// Defaults as ctr's: the environment, then containerd's.
 	address, ns := c.opts.address, c.opts.namespace
 	if address == "" {
-		address = defaults.DefaultAddress
+		address = cmp.Or(os.Getenv("CONTAINERD_ADDRESS"), defaults.DefaultAddress)
 	}
 	if ns == "" {
-		ns = namespaces.Default
+		ns = cmp.Or(os.Getenv(namespaces.NamespaceEnvVar), namespaces.Default)
 	}
 	ctrd, err := client.New(address, client.WithDefaultNamespace(ns), client.WithTimeout(10*time.Second))
 	if err != nil {
