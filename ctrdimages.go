@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
@@ -40,7 +43,9 @@ import (
 //	          adds "manifest-<index digest>"), and the config under its
 //	          digest string "sha256:<hex>", the key containers/image's
 //	          storage destination gives the config
-//	Names     the top snapshot's CRI label containerd.io/snapshot/cri.image-ref
+//	Names     the top snapshot's CRI label containerd.io/snapshot/cri.image-ref,
+//	          then the io.containerd.image.name annotations of the indexes
+//	          that choose it (ctr images import keeps the archive's index)
 //	Created   the config's created
 //
 // Writes to them answer ErrStoreIsReadOnly, as containers/storage answers
@@ -210,6 +215,7 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	}
 	var manifests, indexes []found
 	sizes := map[digest.Digest]int64{}
+	created := map[digest.Digest]time.Time{}
 	listed := make(map[digest.Digest]bool, len(infos))
 	for _, info := range infos {
 		listed[info.Digest] = true
@@ -227,6 +233,7 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 			manifests = append(manifests, found{info.Digest, b})
 		case b.index:
 			sizes[info.Digest] = info.Size
+			created[info.Digest] = info.CreatedAt
 			indexes = append(indexes, found{info.Digest, b})
 		}
 	}
@@ -305,6 +312,30 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 				r.Digests = append(r.Digests, x.dgst)
 				addCtrdBigData(r, ImageDigestManifestBigDataNamePrefix+"-"+x.dgst.String(), x.dgst, sizes[x.dgst])
 			}
+		}
+	}
+	// More names: the io.containerd.image.name an index gives a manifest
+	// (ctr images import keeps the archive's index, annotated so). A name
+	// several indexes give (an image imported again) is the newest one's.
+	type claim struct {
+		r  *imageRecord
+		at time.Time
+	}
+	claims := map[string]claim{}
+	for _, x := range indexes {
+		for _, c := range x.blob.children {
+			r, n := byManifest[c.Digest], c.Annotations[images.AnnotationImageName]
+			if r == nil || n == "" {
+				continue
+			}
+			if cl, ok := claims[n]; !ok || created[x.dgst].After(cl.at) {
+				claims[n] = claim{r, created[x.dgst]}
+			}
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(claims)) {
+		if r := claims[n].r; !slices.Contains(r.Names, n) {
+			r.Names = append(r.Names, n)
 		}
 	}
 	for _, r := range list {

@@ -64,7 +64,8 @@ func TestContainerdImages(t *testing.T) {
 		otherMan := digest.FromString("not here")
 		idxDoc, _ := json.Marshal(v1.Index{Versioned: ocispec.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{
 			{MediaType: v1.MediaTypeImageManifest, Digest: otherMan, Size: 10, Platform: &other},
-			{MediaType: v1.MediaTypeImageManifest, Digest: manDesc.Digest, Size: manDesc.Size, Platform: &host},
+			{MediaType: v1.MediaTypeImageManifest, Digest: manDesc.Digest, Size: manDesc.Size, Platform: &host,
+				Annotations: map[string]string{"io.containerd.image.name": "docker.io/library/tiny:imported"}},
 		}})
 		idxDesc := putBlob(t, cs, v1.MediaTypeImageIndex, idxDoc)
 		putBlob(t, cs, "application/json", []byte(`{"config":"not a descriptor"}`))
@@ -112,8 +113,13 @@ func TestContainerdImages(t *testing.T) {
 		if want := []digest.Digest{manDesc.Digest, idxDesc.Digest}; !reflect.DeepEqual(img.Digests, want) {
 			t.Errorf("Digests %v, want %v", img.Digests, want)
 		}
-		if want := []string{"docker.io/library/tiny:1"}; !reflect.DeepEqual(img.Names, want) {
+		// The CRI's reference, then the name ctr images import's index
+		// gives it.
+		if want := []string{"docker.io/library/tiny:1", "docker.io/library/tiny:imported"}; !reflect.DeepEqual(img.Names, want) {
 			t.Errorf("Names %v, want %v", img.Names, want)
+		}
+		if byName, err := s.Image("docker.io/library/tiny:imported"); err != nil || byName.ID != id {
+			t.Errorf("Image by the index's name: %+v, %v", byName, err)
 		}
 		manKey, idxKey, cfgKey := "manifest-"+manDesc.Digest.String(), "manifest-"+idxDesc.Digest.String(), cfgDesc.Digest.String()
 		keys, err := s.ListImageBigData(id)

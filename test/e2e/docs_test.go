@@ -569,6 +569,7 @@ func newDocsSandbox(t *testing.T, root string) *docsSandbox {
 	if _, err := imagebuild.BuildFile(filepath.Join(sb.src, "busybox.tar"), imagebuild.Options{Name: docsImageName}); err != nil {
 		t.Fatalf("building busybox.tar: %v", err)
 	}
+	sb.seedSharedStore(t)
 	layer := docsLayerTar(t)
 	if err := os.WriteFile(filepath.Join(sb.src, "layer.tar"), layer, 0o644); err != nil {
 		t.Fatal(err)
@@ -615,6 +616,26 @@ func newDocsSandbox(t *testing.T, root string) *docsSandbox {
 	)
 	t.Logf("docs sandbox in %s (containerd namespace %s)", dir, sb.ns)
 	return sb
+}
+
+// docsSharedImage is the image in the shared store at /srv/shared.
+const docsSharedImage = "docker.io/library/shared-app:1"
+
+// seedSharedStore makes /srv/shared a cs-snapshotter root holding
+// docsSharedImage, as another host would have filled it (containerd's
+// import into its cs snapshotter), for the docs on shared image stores.
+func (sb *docsSandbox) seedSharedStore(t *testing.T) {
+	archive := filepath.Join(sb.dir, "tmp", "shared-app.tar")
+	if _, err := imagebuild.BuildFile(archive, imagebuild.Options{Name: docsSharedImage, Layers: 2, Hello: "hello from the shared store\n"}); err != nil {
+		t.Fatalf("building the shared store's image: %v", err)
+	}
+	seed := NewEnv(t)
+	seed.ImportImage(archive)
+	seed.StopDaemon()
+	if err := os.Rename(seed.CSRoot, sb.path("/srv/shared")); err != nil {
+		t.Fatalf("moving the seeded root to /srv/shared: %v", err)
+	}
+	os.Remove(archive)
 }
 
 // path is where host path p is in the sandbox.
