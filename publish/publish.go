@@ -63,7 +63,7 @@ type Result struct {
 
 // Image publishes image ref of s to containerd through c, in c's default
 // namespace (or ctx's).
-func Image(ctx context.Context, s storage.Store, c *client.Client, ref string, o Options) (*Result, error) {
+func Image(ctx context.Context, s storage.Store, c *client.Client, ref string, o Options) (_ *Result, err error) {
 	if o.Snapshotter == "" {
 		o.Snapshotter = DefaultSnapshotter
 	}
@@ -116,7 +116,33 @@ func Image(ctx context.Context, s storage.Store, c *client.Client, ref string, o
 		return nil, fmt.Errorf("write manifest %s: %w", mdesc.Digest, err)
 	}
 
+	var cfg ocispec.Image
+	if err := json.Unmarshal(config, &cfg); err != nil {
+		return nil, fmt.Errorf("config %s of image %s: %w: %w", manifest.Config.Digest, img.ID, err, errdefs.ErrInvalidArgument)
+	}
+	// The layers first: a snapshotter containerd does not have fails
+	// before any image record is made.
+	chain := identity.ChainIDs(cfg.RootFS.DiffIDs)
+	sn := c.SnapshotService(o.Snapshotter)
+	if err := takeLayers(ctx, sn, chain); err != nil {
+		return nil, fmt.Errorf("snapshotter %q: %w", o.Snapshotter, err)
+	}
+
+	// If what follows fails, the image records made are removed and those
+	// updated get their target back.
 	is := c.ImageService()
+	var undo []func(context.Context) error
+	defer func() {
+		if err == nil {
+			return
+		}
+		uctx := context.WithoutCancel(ctx)
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](uctx); uerr != nil {
+				log.G(ctx).WithError(uerr).Warn("undoing an image record of a failed publish failed")
+			}
+		}
+	}()
 	var record images.Image
 	for _, name := range names {
 		record = images.Image{Name: name, Target: mdesc}
@@ -124,19 +150,17 @@ func Image(ctx context.Context, s storage.Store, c *client.Client, ref string, o
 			if !errdefs.IsAlreadyExists(err) {
 				return nil, fmt.Errorf("create image %q in containerd: %w", name, err)
 			}
+			prev, err := is.Get(ctx, name)
+			if err != nil {
+				return nil, fmt.Errorf("image %q in containerd: %w", name, err)
+			}
 			if _, err := is.Update(ctx, record, "target"); err != nil {
 				return nil, fmt.Errorf("update image %q in containerd: %w", name, err)
 			}
+			undo = append(undo, func(ctx context.Context) error { _, err := is.Update(ctx, prev, "target"); return err })
+			continue
 		}
-	}
-	var cfg ocispec.Image
-	if err := json.Unmarshal(config, &cfg); err != nil {
-		return nil, fmt.Errorf("config %s of image %s: %w: %w", manifest.Config.Digest, img.ID, err, errdefs.ErrInvalidArgument)
-	}
-	chain := identity.ChainIDs(cfg.RootFS.DiffIDs)
-	sn := c.SnapshotService(o.Snapshotter)
-	if err := takeLayers(ctx, sn, chain); err != nil {
-		return nil, err
+		undo = append(undo, func(ctx context.Context) error { return is.Delete(ctx, name) })
 	}
 	// What no read-only store had is unpacked as usual; Unpack also
 	// labels the config with the top snapshot, for containerd's GC.

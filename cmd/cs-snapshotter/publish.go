@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -41,12 +42,25 @@ func cmdPublish(c *cli, args []string) (int, error) {
 	if ns == "" {
 		ns = cmp.Or(os.Getenv(namespaces.NamespaceEnvVar), namespaces.Default)
 	}
+	// containerd's dialer waits for a socket file that is not there:
+	// say so at once.
+	if sock, ok := strings.CutPrefix(address, "unix://"); ok || !strings.Contains(address, "://") {
+		if _, err := os.Stat(sock); err != nil {
+			return 1, fmt.Errorf("connect to containerd at %s: %w", address, err)
+		}
+	}
 	ctrd, err := client.New(address, client.WithDefaultNamespace(ns), client.WithTimeout(10*time.Second))
 	if err != nil {
 		return 1, fmt.Errorf("connect to containerd at %s: %w", address, err)
 	}
 	defer ctrd.Close()
 	ctx := namespaces.WithNamespace(context.Background(), ns)
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = ctrd.Version(vctx)
+	cancel()
+	if err != nil {
+		return 1, fmt.Errorf("connect to containerd at %s: %w", address, err)
+	}
 	res, err := publish.Image(ctx, c.store, ctrd, args[0], publish.Options{Names: c.opts.names, Snapshotter: c.opts.snapshotter})
 	if err != nil {
 		return 1, err
