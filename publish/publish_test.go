@@ -205,7 +205,7 @@ func TestImageFailsBeforeContainerd(t *testing.T) {
 		is    func(error) bool
 		wants []string
 	}{
-		{"unknown image", "example.com/nothere:1", Options{}, func(err error) bool { return errors.Is(err, storage.ErrImageUnknown) }, nil},
+		{"unknown image", "example.com/nothere:1", Options{}, func(err error) bool { return errors.Is(err, storage.ErrImageUnknown) }, []string{`"example.com/nothere:1"`}},
 		{"no name", unnamed.ID, Options{}, errdefs.IsInvalidArgument, []string{"image " + unnamed.ID + " has no name", "name one"}},
 		{"no manifest", noManifest.ID, Options{}, errdefs.IsFailedPrecondition, []string{"image " + noManifest.ID + " has no manifest"}},
 		{"no manifest, named", noManifest.ID, Options{Names: []string{"example.com/x:1"}}, errdefs.IsFailedPrecondition, []string{"image " + noManifest.ID + " has no manifest"}},
