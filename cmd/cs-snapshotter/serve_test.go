@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
 )
@@ -538,4 +539,88 @@ func TestServeFailedStartsSayWhy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeBadImageStore: a daemon whose additional_image_stores names a
+// directory that is not a cs-snapshotter root (or nothing) does not start,
+// says so in one line naming the path and the setting, leaves no socket,
+// and leaves its root as it was: the daemon starts on it without the
+// setting and still has what it had.
+func TestServeBadImageStore(t *testing.T) {
+	root, runRoot := dirs(t)
+	addr := filepath.Join(runRoot, "cs-snapshotter.sock")
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	blob := []byte("kept across a failed start")
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+
+	config := func(extra string) string {
+		t.Helper()
+		cfg := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("root = %q\nrun_root = %q\n%s", root, runRoot, extra)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	good := config("")
+	serveAndCheck := func(write bool) {
+		t.Helper()
+		p := start(t, addr, "--config", good)
+		client, err := daemon.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		if write {
+			if err := content.WriteBlob(ctx, client.Content, "kept", bytes.NewReader(blob), desc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if info, err := client.Content.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
+			t.Errorf("blob: %+v %v", info, err)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if err := p.wait(t); err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.stderr)
+		}
+	}
+	serveAndCheck(true)
+
+	empty := t.TempDir()
+	// The layout of a root, but its database is not one.
+	notRoot := t.TempDir()
+	for _, d := range []string{"snapshots", "content/blobs"} {
+		if err := os.MkdirAll(filepath.Join(notRoot, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(notRoot, "metadata.db"), []byte("not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path string }{
+		{"empty directory", empty},
+		{"a root's layout, no database", notRoot},
+		{"nothing there", filepath.Join(empty, "nothing")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startNoWait(t, "--config", config(fmt.Sprintf("additional_image_stores = [%q]\n", tc.path)))
+			if err := p.wait(t); err == nil {
+				t.Fatal("started")
+			}
+			msg := strings.TrimSpace(p.stderr.String())
+			t.Logf("error: %s", msg)
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.path) || !strings.Contains(msg, "additional_image_stores") {
+				t.Errorf("error %q, want one line naming %s and additional_image_stores", msg, tc.path)
+			}
+			if _, err := os.Stat(addr); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("socket left behind: %v", err)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(empty, "metadata.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the daemon wrote into the directory it was to read: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(notRoot, "metadata.db")); err != nil || string(b) != "not a database" {
+		t.Errorf("the daemon changed the file it was to read: %q %v", b, err)
+	}
+	serveAndCheck(false)
 }
