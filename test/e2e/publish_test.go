@@ -75,7 +75,8 @@ func TestPublishErrors(t *testing.T) {
 	// A store image with no manifest: made with the CLI, on a layer.
 	layer := strings.TrimSpace(strings.SplitN(mustCS("create-layer", "-n", "publish-nomanifest-layer"), "\n", 2)[0])
 	noManifest := strings.TrimSpace(strings.SplitN(mustCS("create-image", "-n", "example.com/nomanifest:1", layer), "\n", 2)[0])
-	if layer == "" || noManifest == "" {
+	unnamed := strings.TrimSpace(strings.SplitN(mustCS("create-image", layer), "\n", 2)[0])
+	if layer == "" || noManifest == "" || unnamed == "" {
 		t.Fatalf("create-layer %q, create-image %q", layer, noManifest)
 	}
 	// A store image whose manifest and config are there but whose layer
@@ -134,6 +135,7 @@ func TestPublishErrors(t *testing.T) {
 		{"no manifest", []string{"example.com/nomanifest:1"}, []string{"image " + noManifest + " has no manifest"}},
 		{"no manifest, named", []string{"--name", "example.com/nomanifest-named:1", noManifest}, []string{"image " + noManifest + " has no manifest"}},
 		{"no name", []string{imageID}, []string{"image " + imageID + " has no name to give it in containerd"}},
+		{"no name, no manifest", []string{unnamed}, []string{"image " + unnamed + " has no name to give it in containerd"}},
 		{"wrong snapshotter", []string{"--snapshotter", "nosuchsnapshotter", "--name", "example.com/wrongsn:1", imageID}, []string{`snapshotter "nosuchsnapshotter"`, "not loaded"}},
 		{"no containerd socket", []string{"--address", nowhere, "--name", "example.com/nowhere:1", imageID}, []string{"connect to containerd at " + nowhere, "no such file or directory"}},
 		{"dead containerd socket", []string{"--address", dead, "--name", "example.com/dead:1", imageID}, []string{"connect to containerd at " + dead}},
