@@ -103,6 +103,12 @@ func TestReadOnlyImageStore(t *testing.T) {
 		t.Errorf("the node's root has %d links into the seed's root, want one per layer (%d)", links, len(image.Layers))
 	}
 
+	// The node's store, which now also sees containerd's mirrors in its
+	// root, finds nothing wrong.
+	if out := cli("check"); strings.TrimSpace(out) != "" {
+		t.Errorf("cs-snapshotter check on the node:\n%s", out)
+	}
+
 	// The seed adds an image (sharing the first layers); the node runs it
 	// without a restart.
 	seed.ImportImage(deepArchive)
