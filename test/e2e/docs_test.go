@@ -630,7 +630,9 @@ func (sb *docsSandbox) seedSharedStore(t *testing.T) {
 		t.Fatalf("building the shared store's image: %v", err)
 	}
 	seed := NewEnv(t)
-	seed.ImportImage(archive)
+	// --index-name keeps the archive's index, whose annotation names the
+	// image in the store (containerd discards it otherwise).
+	seed.MustCtr("images", "import", "--snapshotter", "cs", "--index-name", "docker.io/library/shared-app:index", archive)
 	seed.StopDaemon()
 	if err := os.Rename(seed.CSRoot, sb.path("/srv/shared")); err != nil {
 		t.Fatalf("moving the seeded root to /srv/shared: %v", err)
