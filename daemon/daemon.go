@@ -69,6 +69,16 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if d.lock, err = lockRoot(root, holder); err != nil {
 		return nil, err
 	}
+	// The read-only image stores before the root's own files: a bad one
+	// fails the start with the root untouched.
+	for _, p := range cfg.AdditionalImageStores {
+		is, err := OpenImageStore(ctx, p, cfg.Snapshotter.MountOptions, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("additional image store %s (additional_image_stores): %w", p, err)
+		}
+		d.stores = append(d.stores, is)
+		log.G(ctx).WithFields(log.Fields{"store": is.Path, "via": is.Via()}).Info("serving the layers of a read-only image store")
+	}
 	if d.db, err = metadata.Open(ctx, filepath.Join(root, metadata.FileName)); err != nil {
 		return nil, err
 	}
@@ -82,7 +92,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	}); err != nil {
 		return nil, err
 	}
-	d.diff = differ.New(d.sn, d.cs, d.db, cfg.Snapshotter.MaxLayerSize)
+	d.diff = differ.New(d.sn, d.containerdContent(), d.db, cfg.Snapshotter.MaxLayerSize)
 	// Nobody else has the root, so a layer still marked incomplete is the
 	// remains of a crash.
 	if err := removeIncomplete(ctx, d.sn); err != nil {
@@ -98,15 +108,17 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if err := d.sn.Cleanup(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("cleanup at start failed")
 	}
-	for _, p := range cfg.AdditionalImageStores {
-		is, err := OpenImageStore(ctx, p, cfg.Snapshotter.MountOptions, 10*time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("additional image store %s (additional_image_stores): %w", p, err)
-		}
-		d.stores = append(d.stores, is)
-		log.G(ctx).WithFields(log.Fields{"store": is.Path, "via": is.Via()}).Info("serving the layers of a read-only image store")
-	}
 	return d, nil
+}
+
+// containerdContent is the content store containerd reads through the
+// daemon, the diff service's unpacking included: the root's, and the
+// read-only image stores' blobs it lacks.
+func (d *Daemon) containerdContent() content.Store {
+	if len(d.stores) == 0 {
+		return d.cs
+	}
+	return imageStoreContent{Store: d.cs, stores: d.stores}
 }
 
 // Snapshotter returns the daemon's snapshotter.
@@ -152,11 +164,7 @@ func (d *Daemon) NewServer() *grpc.Server {
 		sn = imageStoreLayers{Snapshotter: d.sn, stores: d.stores}
 	}
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(sn), sn})
-	var cs content.Store = d.cs
-	if len(d.stores) > 0 {
-		cs = imageStoreContent{Store: d.cs, stores: d.stores}
-	}
-	contentapi.RegisterContentServer(srv, contentstore.NewService(cs))
+	contentapi.RegisterContentServer(srv, contentstore.NewService(d.containerdContent()))
 	diffapi.RegisterDiffServer(srv, d.diff)
 	return srv
 }

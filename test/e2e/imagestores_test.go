@@ -117,6 +117,21 @@ func TestReadOnlyImageStore(t *testing.T) {
 	wantOutput(t, "ctr run on the seed's new image", out, imagebuild.HelloText)
 	before = seedTree() // the seed itself wrote the new image
 
+	// In another namespace, where the node unpacked the shared lower
+	// layers itself, the deep image's upper layers are unpacked on the
+	// node from the seed's blobs (which the daemon reads for containerd).
+	other := func(args ...string) string {
+		t.Helper()
+		return node.Must(node.Run(append([]string{"ctr", "--address", node.CtrdSocket, "-n", "other"}, args...)...))
+	}
+	other("images", "import", "--snapshotter", "cs", imageArchive)
+	cli("publish", "--address", node.CtrdSocket, "--namespace", "other", "--name", deepName, deepImage.Config.Digest.Encoded())
+	out = other("run", "--rm", "--snapshotter", "cs", deepName, node.ID("other-deep"), "sh", "-c", "cat "+imagebuild.HelloPath+"; ls /opt/cs")
+	if !strings.HasPrefix(out, imagebuild.HelloText) {
+		t.Errorf("the deep image unpacked partly on the node: %q", out)
+	}
+	other("images", "rm", "--sync", imageName, deepName)
+
 	// Removing the images lets containerd's GC take the mirrors, and
 	// only them.
 	node.MustCtr("images", "rm", "--sync", imageName, deepName)
