@@ -206,6 +206,23 @@ func (s *store) readConfig(desc ocispec.Descriptor) (*ctrdConfig, error) {
 	return c, nil
 }
 
+// prefetch calls fetch on every item, a few at a time, for the caches it
+// fills; whoever reads the cache afterwards sees the errors.
+func prefetch[T any](items []T, fetch func(T)) {
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 8)
+	for _, it := range items {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			fetch(it)
+		}()
+	}
+	wg.Wait()
+}
+
 // ctrdImages finds the images containerd imported among the blobs infos
 // (one Walk of the content store).
 func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
@@ -220,6 +237,8 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	for _, info := range infos {
 		listed[info.Digest] = true
 	}
+	// Through a socket each read is a round trip: let them overlap.
+	prefetch(infos, func(info content.Info) { s.classify(info) })
 	for _, info := range infos {
 		b, err := s.classify(info)
 		if errdefs.IsNotFound(err) {
@@ -259,6 +278,11 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 		return nil, fmt.Errorf("list layers: %w", err)
 	}
 	sort.Slice(manifests, func(i, j int) bool { return manifests[i].dgst < manifests[j].dgst })
+	prefetch(manifests, func(m found) {
+		if listed[m.blob.config.Digest] {
+			s.readConfig(m.blob.config)
+		}
+	})
 	byID := map[string]*imageRecord{}
 	byManifest := map[digest.Digest]*imageRecord{}
 	var list []*imageRecord
