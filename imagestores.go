@@ -61,14 +61,14 @@ func (e *unsupportedError) Error() string { return e.msg }
 func (e *unsupportedError) Unwrap() error { return ErrNotSupported }
 
 // CheckImageStores refuses the image stores GetStore does not implement
-// yet (issue 8), naming the option and the path: the separate image store,
-// and additional read-only ones when the store is opened through
-// containerd (ContainerdAddress). It touches nothing on disk.
+// yet (issue 8), naming the option and the path: image stores, separate or
+// additional read-only ones, when the store is opened through containerd
+// (ContainerdAddress). It touches nothing on disk.
 func CheckImageStores(o StoreOptions) error {
 	for _, s := range imageStoreOptions(o) {
 		switch {
-		case s.separate:
-			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported yet by cs-snapshotter (issue 8)", s.path, s.option)}
+		case s.separate && o.ContainerdAddress != "":
+			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)", s.path, s.option)}
 		case o.ContainerdAddress != "":
 			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)", s.path, s.option)}
 		}

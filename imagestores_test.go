@@ -10,9 +10,9 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
 )
 
-// The separate image store is refused, naming the option and the path,
-// and so is an additional store that is not a store (here: missing), both
-// before anything is made on disk.
+// An additional store that is not a store (here: missing) is refused,
+// naming the option and the path, before anything is made on disk (the
+// separate image store's bad input: imagestore_separate_test.go).
 func TestImageStoresNotSupportedYet(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -20,8 +20,6 @@ func TestImageStoresNotSupportedYet(t *testing.T) {
 		want string
 		is   error
 	}{
-		{"ImageStore", func(o *StoreOptions) { o.ImageStore = "/srv/images" },
-			"image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter (issue 8)", ErrNotSupported},
 		{"ROImageStores", func(o *StoreOptions) { o.ROImageStores = []string{"", "/mnt/nfs/images/"} },
 			"additional image store /mnt/nfs/images (storage.conf additionalimagestores): /mnt/nfs/images does not exist", metadata.ErrNotRoot},
 		{"overlay.imagestore", func(o *StoreOptions) {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -34,9 +35,23 @@ type roStore struct {
 	path   string
 	option string
 	st     *store
-	via    func() string // "daemon ADDRESS" or "direct"
+	via    func() string // "daemon ADDRESS" or "direct"; "embedded" or "daemon ADDRESS" for the image store
 	close  func() error
+	// writable: the separate image store (separatestore.go), written like
+	// the graph root; every other roStore is read-only.
+	writable bool
 }
+
+// kind names r in errors: "image store" or "read-only image store".
+func (r *roStore) kind() string {
+	if r.writable {
+		return "image store"
+	}
+	return "read-only image store"
+}
+
+// readOnly reports whether r is a read-only store (nil is the graph root).
+func (r *roStore) readOnly() bool { return r != nil && !r.writable }
 
 // readOnlyError is a write to an item of a read-only image store.
 func (r *roStore) readOnlyError(kind, id string) error {
@@ -132,15 +147,47 @@ func (r roContent) Abort(_ context.Context, ref string) error {
 	return roRefused("abort " + ref)
 }
 
-// multiStore is a writable store with additional read-only image stores:
-// reads look in the writable store first, then in each read-only one in
-// order (so a name or ID in two stores is the writable store's, as in
-// containers/storage); writes to what only a read-only store holds answer
-// ErrStoreIsReadOnly. Everything else (containers, Check, GarbageCollect,
-// Wipe, ...) is the writable store's.
+// multiStore is a writable store (the graph root) with a separate
+// writable image store (img, imagestore.go) and/or additional read-only
+// image stores: reads look in the image store first, then in the graph
+// root, then in each read-only one in order (so a name or ID in two stores
+// is the first one's, as containers/storage's allImageStores order);
+// writes to an existing item go to the writable store holding it, and
+// those to what only a read-only store holds answer ErrStoreIsReadOnly.
+// Containers are the graph root's. New layers and images go to the image
+// store, when there is one, unless they stack on the graph root's.
 type multiStore struct {
 	*store
-	ro []*roStore
+	img *roStore // the separate image store, writable; nil if none
+	ro  []*roStore
+}
+
+// order lists the stores in read order: the image store, the graph root
+// (nil), the read-only stores.
+func (m *multiStore) order() []*roStore {
+	list := make([]*roStore, 0, len(m.ro)+2)
+	if m.img != nil {
+		list = append(list, m.img)
+	}
+	list = append(list, nil)
+	return append(list, m.ro...)
+}
+
+// others lists the stores whose layers the graph root mirrors: the image
+// store, then the read-only stores.
+func (m *multiStore) others() []*roStore {
+	if m.img == nil {
+		return m.ro
+	}
+	return append([]*roStore{m.img}, m.ro...)
+}
+
+// of returns the store of r (the graph root's for nil).
+func (m *multiStore) of(r *roStore) *store {
+	if r == nil {
+		return m.store
+	}
+	return r.st
 }
 
 var _ Store = (*multiStore)(nil)
@@ -151,38 +198,50 @@ func unknown(err error) bool {
 		errors.Is(err, ErrNotAnID) || errors.Is(err, ErrContainerUnknown)
 }
 
-// first calls call on the writable store, then on each read-only store
-// while the answer is that the item is unknown; ro is the read-only store
-// that answered, nil for the writable one.
-func first[T any](m *multiStore, call func(*store) (T, error)) (v T, ro *roStore, err error) {
-	v, err = call(m.store)
-	if err == nil || !unknown(err) {
-		return v, nil, err
-	}
-	for _, r := range m.ro {
-		rv, rerr := call(r.st)
+// first calls call on each store in read order (m.order) while the answer
+// is that the item is unknown; from is the store that answered, nil for
+// the graph root (whose answer it is when no store knows the item).
+func first[T any](m *multiStore, call func(*store) (T, error)) (v T, from *roStore, err error) {
+	for _, r := range m.order() {
+		rv, rerr := call(m.of(r))
 		if rerr == nil {
 			return rv, r, nil
 		}
 		if !unknown(rerr) {
-			return rv, r, fmt.Errorf("read-only image store %s: %w", r.path, rerr)
+			if r != nil {
+				rerr = fmt.Errorf("%s %s: %w", r.kind(), r.path, rerr)
+			}
+			return rv, r, rerr
+		}
+		if r == nil {
+			v, err = rv, rerr
 		}
 	}
 	return v, nil, err
 }
 
-// holderOf returns the read-only store holding item id (whatever exists
-// says) when the writable store does not; nil otherwise.
+// holderOf returns the store other than the graph root holding item id
+// (whatever exists says), the first in read order; nil when the graph
+// root holds it first, or no store does.
 func (m *multiStore) holderOf(id string, exists func(*store) bool) *roStore {
-	if exists(m.store) {
-		return nil
-	}
-	for _, r := range m.ro {
-		if exists(r.st) {
+	for _, r := range m.order() {
+		if exists(m.of(r)) {
 			return r
 		}
 	}
 	return nil
+}
+
+// target returns the writable store to write item id (whatever exists
+// says) to: the first in read order holding it; the graph root when none
+// does (to answer that it is unknown). An item only a read-only store
+// holds is refused, as a kind item.
+func (m *multiStore) target(id, kind string, exists func(*store) bool) (*store, *roStore, error) {
+	r := m.holderOf(id, exists)
+	if r.readOnly() {
+		return nil, r, r.readOnlyError(kind, id)
+	}
+	return m.of(r), r, nil
 }
 
 func isLayer(id string) func(*store) bool {
@@ -206,33 +265,33 @@ func (m *multiStore) Layers() ([]Layer, error) {
 // Images lists the writable store's images, then those of each read-only
 // store not listed yet (ReadOnly set).
 func (m *multiStore) Images() ([]Image, error) {
-	out, err := m.store.Images()
-	if err != nil {
-		return nil, err
-	}
+	var out []Image
 	seen := map[string]bool{}
-	for _, i := range out {
-		seen[i.ID] = true
-	}
-	for _, r := range m.ro {
-		list, err := r.st.Images()
+	for _, r := range m.order() {
+		list, err := m.of(r).Images()
 		if err != nil {
-			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+			if r != nil {
+				err = fmt.Errorf("%s %s: %w", r.kind(), r.path, err)
+			}
+			return nil, err
 		}
 		for _, i := range list {
 			if !seen[i.ID] {
 				seen[i.ID] = true
-				i.ReadOnly = true
+				i.ReadOnly = i.ReadOnly || r.readOnly()
 				out = append(out, i)
 			}
 		}
+	}
+	if out == nil {
+		out = []Image{}
 	}
 	return out, nil
 }
 
 func (m *multiStore) Layer(id string) (*Layer, error) {
 	l, ro, err := first(m, func(s *store) (*Layer, error) { return s.Layer(id) })
-	if err == nil && ro != nil {
+	if err == nil && ro.readOnly() {
 		l.ReadOnly = true
 	}
 	return l, err
@@ -240,35 +299,49 @@ func (m *multiStore) Layer(id string) (*Layer, error) {
 
 func (m *multiStore) Image(id string) (*Image, error) {
 	i, ro, err := first(m, func(s *store) (*Image, error) { return s.Image(id) })
-	if err == nil && ro != nil {
+	if err == nil && ro.readOnly() {
 		i.ReadOnly = true
 	}
 	return i, err
 }
 
-// layersFrom gathers a listing from every store, the writable one first,
-// deduplicated by ID, ReadOnly set on the read-only stores' layers.
+// layersFrom gathers a listing from every store in read order,
+// deduplicated by ID, ReadOnly set on the read-only stores' layers. A
+// store answering that it has none adds none; when none has any, the
+// answer is the graph root's.
 func (m *multiStore) layersFrom(list func(*store) ([]Layer, error)) ([]Layer, error) {
-	out, err := list(m.store)
-	if err != nil {
-		return nil, err
-	}
+	var out []Layer
+	var firstErr error
+	known := false
 	seen := map[string]bool{}
-	for _, l := range out {
-		seen[l.ID] = true
-	}
-	for _, r := range m.ro {
-		more, err := list(r.st)
-		if err != nil && !unknown(err) {
-			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+	for _, r := range m.order() {
+		more, err := list(m.of(r))
+		if err != nil {
+			if !unknown(err) {
+				if r != nil {
+					err = fmt.Errorf("%s %s: %w", r.kind(), r.path, err)
+				}
+				return nil, err
+			}
+			if r == nil {
+				firstErr = err
+			}
+			continue
 		}
+		known = true
 		for _, l := range more {
 			if !seen[l.ID] {
 				seen[l.ID] = true
-				l.ReadOnly = true
+				l.ReadOnly = l.ReadOnly || r.readOnly()
 				out = append(out, l)
 			}
 		}
+	}
+	if !known {
+		return nil, firstErr
+	}
+	if out == nil {
+		out = []Layer{}
 	}
 	return out, nil
 }
@@ -281,32 +354,33 @@ func (m *multiStore) LayersByUncompressedDigest(d digest.Digest) ([]Layer, error
 	return m.layersFrom(func(s *store) ([]Layer, error) { return s.LayersByUncompressedDigest(d) })
 }
 
-// imagesFrom gathers images from every store, the writable one first,
-// deduplicated by ID; a store where the item is unknown adds none. It
-// fails as the writable store did when no store knows the item.
+// imagesFrom gathers images from every store in read order, deduplicated
+// by ID; a store where the item is unknown adds none. It fails as the
+// graph root did when no store knows the item.
 func (m *multiStore) imagesFrom(list func(*store) ([]*Image, error)) ([]*Image, error) {
-	out, err := list(m.store)
-	if err != nil && !unknown(err) {
-		return nil, err
-	}
-	firstErr, known := err, err == nil
+	var out []*Image
+	var firstErr error
+	known := false
 	seen := map[string]bool{}
-	for _, i := range out {
-		seen[i.ID] = true
-	}
-	for _, r := range m.ro {
-		more, err := list(r.st)
+	for _, r := range m.order() {
+		more, err := list(m.of(r))
 		if err != nil {
 			if unknown(err) {
+				if r == nil {
+					firstErr = err
+				}
 				continue
 			}
-			return nil, fmt.Errorf("read-only image store %s: %w", r.path, err)
+			if r != nil {
+				err = fmt.Errorf("%s %s: %w", r.kind(), r.path, err)
+			}
+			return nil, err
 		}
 		known = true
 		for _, i := range more {
 			if !seen[i.ID] {
 				seen[i.ID] = true
-				i.ReadOnly = true
+				i.ReadOnly = i.ReadOnly || r.readOnly()
 				out = append(out, i)
 			}
 		}
@@ -329,11 +403,8 @@ func (m *multiStore) ImagesByDigest(d digest.Digest) ([]*Image, error) {
 }
 
 func (m *multiStore) Exists(id string) bool {
-	if m.store.Exists(id) {
-		return true
-	}
-	for _, r := range m.ro {
-		if r.st.Exists(id) {
+	for _, r := range m.order() {
+		if m.of(r).Exists(id) {
 			return true
 		}
 	}
@@ -438,41 +509,52 @@ func (m *multiStore) Mounted(id string) (int, error) {
 	return v, err
 }
 
-// Writes: what only a read-only store holds is refused, naming it.
+// Writes go to the writable store holding the item (image store first);
+// what only a read-only store holds is refused, naming it.
 
 func (m *multiStore) SetNames(id string, names []string) error {
-	if r := m.holderOf(id, exists(id)); r != nil {
-		return r.readOnlyError("item", id)
+	s, _, err := m.target(id, "item", exists(id))
+	if err != nil {
+		return err
 	}
-	return m.store.SetNames(id, names)
+	return s.SetNames(id, names)
 }
 
 func (m *multiStore) AddNames(id string, names []string) error {
-	if r := m.holderOf(id, exists(id)); r != nil {
-		return r.readOnlyError("item", id)
+	s, _, err := m.target(id, "item", exists(id))
+	if err != nil {
+		return err
 	}
-	return m.store.AddNames(id, names)
+	return s.AddNames(id, names)
 }
 
 func (m *multiStore) RemoveNames(id string, names []string) error {
-	if r := m.holderOf(id, exists(id)); r != nil {
-		return r.readOnlyError("item", id)
+	s, _, err := m.target(id, "item", exists(id))
+	if err != nil {
+		return err
 	}
-	return m.store.RemoveNames(id, names)
+	return s.RemoveNames(id, names)
 }
 
 func (m *multiStore) SetMetadata(id, metadata string) error {
-	if r := m.holderOf(id, exists(id)); r != nil {
-		return r.readOnlyError("item", id)
+	s, _, err := m.target(id, "item", exists(id))
+	if err != nil {
+		return err
 	}
-	return m.store.SetMetadata(id, metadata)
+	return s.SetMetadata(id, metadata)
 }
 
 func (m *multiStore) Delete(id string) error {
-	if r := m.holderOf(id, exists(id)); r != nil {
-		return r.readOnlyError("item", id)
+	s, r, err := m.target(id, "item", exists(id))
+	if err != nil {
+		return err
 	}
-	err := m.store.Delete(id)
+	if r != nil { // the image store's
+		if err := m.imgDeletable(id); err != nil {
+			return err
+		}
+	}
+	err = s.Delete(id)
 	if err == nil {
 		m.pruneMirrors()
 	}
@@ -480,10 +562,20 @@ func (m *multiStore) Delete(id string) error {
 }
 
 func (m *multiStore) DeleteLayer(id string) error {
-	if r := m.holderOf(id, isLayer(id)); r != nil {
-		return r.readOnlyError("layer", id)
+	s, r, err := m.target(id, "layer", isLayer(id))
+	if err != nil {
+		return err
 	}
-	err := m.store.DeleteLayer(id)
+	if r != nil {
+		l, err := s.Layer(id)
+		if err != nil {
+			return err
+		}
+		if err := m.imgLayersInUse([]string{l.ID}); err != nil {
+			return err
+		}
+	}
+	err = s.DeleteLayer(id)
 	if err == nil {
 		m.pruneMirrors()
 	}
@@ -491,31 +583,53 @@ func (m *multiStore) DeleteLayer(id string) error {
 }
 
 func (m *multiStore) SetLayerBigData(id, key string, data io.Reader) error {
-	if r := m.holderOf(id, isLayer(id)); r != nil {
-		return r.readOnlyError("layer", id)
+	s, _, err := m.target(id, "layer", isLayer(id))
+	if err != nil {
+		return err
 	}
-	return m.store.SetLayerBigData(id, key, data)
+	return s.SetLayerBigData(id, key, data)
 }
 
 func (m *multiStore) ApplyDiff(to string, diff io.Reader) (int64, error) {
-	if r := m.holderOf(to, isLayer(to)); r != nil {
-		return -1, r.readOnlyError("layer", to)
+	s, _, err := m.target(to, "layer", isLayer(to))
+	if err != nil {
+		return -1, err
 	}
-	return m.store.ApplyDiff(to, diff)
+	return s.ApplyDiff(to, diff)
 }
 
 func (m *multiStore) DeleteImage(id string, commit bool) ([]string, error) {
-	if r := m.holderOf(id, isImage(id)); r != nil {
-		return nil, r.readOnlyError("image", id)
+	s, r, err := m.target(id, "image", isImage(id))
+	if err != nil {
+		return nil, err
 	}
-	return m.store.DeleteImage(id, commit)
+	if r != nil {
+		// The image store's: refused while the graph root's containers
+		// use it or stack on a layer it would take along.
+		if err := m.imgImageUnused(id); err != nil {
+			return nil, err
+		}
+		layers, err := s.DeleteImage(id, false)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.imgLayersInUse(layers); err != nil {
+			return nil, err
+		}
+	}
+	layers, err := s.DeleteImage(id, commit)
+	if err == nil && commit {
+		m.pruneMirrors()
+	}
+	return layers, err
 }
 
 func (m *multiStore) SetImageBigData(id, key string, data []byte, digestManifest func([]byte) (digest.Digest, error)) error {
-	if r := m.holderOf(id, isImage(id)); r != nil {
-		return r.readOnlyError("image", id)
+	s, _, err := m.target(id, "image", isImage(id))
+	if err != nil {
+		return err
 	}
-	return m.store.SetImageBigData(id, key, data, digestManifest)
+	return s.SetImageBigData(id, key, data, digestManifest)
 }
 
 // notYet refuses to build on a read-only store's layer or image, which
@@ -524,16 +638,34 @@ func (r *roStore) notYet(kind, id, what string) error {
 	return fmt.Errorf("%s %s is in the read-only image store %s: %s on it is not supported yet: %w", kind, id, r.path, what, ErrNotSupported)
 }
 
+// CreateImage makes the image in the image store when there is one and
+// its top layer is there (or it has none); in the graph root when its top
+// layer is the graph root's.
 func (m *multiStore) CreateImage(id string, names []string, layer, metadata string, options *ImageOptions) (*Image, error) {
+	s := m.store
 	if layer != "" {
-		if r := m.holderOf(layer, isLayer(layer)); r != nil {
+		r := m.holderOf(layer, isLayer(layer))
+		if r.readOnly() {
 			return nil, r.notYet("layer", layer, "making an image")
 		}
+		s = m.of(r)
+	} else if m.img != nil {
+		s = m.img.st
 	}
-	return m.store.CreateImage(id, names, layer, metadata, options)
+	if m.img != nil && id != "" {
+		// An image ID is the store's, whichever root holds it.
+		other := m.img.st
+		if s == m.img.st {
+			other = m.store
+		}
+		if i, err := other.Image(id); err == nil && i.ID == id {
+			return nil, fmt.Errorf("image %q is in %s: %w", id, other.opts.GraphRoot, ErrDuplicateID)
+		}
+	}
+	return s.CreateImage(id, names, layer, metadata, options)
 }
 
-// Deletions may leave mirrors of read-only stores' layers that nothing
+// Deletions may leave mirrors of other stores' layers that nothing
 // stacks on any more: they go too.
 
 func (m *multiStore) DeleteContainer(id string) error {
@@ -544,24 +676,55 @@ func (m *multiStore) DeleteContainer(id string) error {
 	return err
 }
 
-// Wipe empties the writable store (the read-only ones stay as they are).
+// Wipe empties the graph root (containers first), then the image store,
+// unless something the graph root keeps (a container containerd made)
+// still stacks on the image store's layers; the read-only stores stay as
+// they are.
 func (m *multiStore) Wipe() error {
 	err := m.store.Wipe()
 	m.pruneMirrors()
-	return err
+	if err != nil || m.img == nil {
+		return err
+	}
+	keys, err := m.mirrorsOf(m.img)
+	if err != nil {
+		return err
+	}
+	if len(keys) > 0 {
+		return fmt.Errorf("wipe image store %s: the graph root %s stacks on its layer %s: %w", m.img.path, m.store.opts.GraphRoot, path.Base(keys[0]), ErrLayerUsedByContainer)
+	}
+	if err := m.img.st.Wipe(); err != nil {
+		return fmt.Errorf("image store %s: %w", m.img.path, err)
+	}
+	return nil
 }
 
 func (m *multiStore) GarbageCollect() error {
 	err := m.store.GarbageCollect()
 	m.pruneMirrors()
+	if m.img != nil {
+		if ierr := m.img.st.GarbageCollect(); ierr != nil {
+			err = errors.Join(err, fmt.Errorf("image store %s: %w", m.img.path, ierr))
+		}
+	}
 	return err
 }
 
-// Status adds the read-only stores to the writable store's status.
+// Status adds the image store and the read-only stores to the graph
+// root's status.
 func (m *multiStore) Status() ([][2]string, error) {
 	st, err := m.store.Status()
 	if err != nil {
 		return nil, err
+	}
+	if m.img != nil {
+		layers, err := m.img.st.load()
+		if err != nil {
+			return nil, fmt.Errorf("image store %s: %w", m.img.path, err)
+		}
+		st = append(st, [2]string{"Image Store", m.img.path},
+			[2]string{"Image Store Mode", m.img.via()},
+			[2]string{"Image Store Layers", fmt.Sprint(len(layers.list))})
 	}
 	for _, r := range m.ro {
 		st = append(st, [2]string{"Read-only image store", r.path + " (" + r.via() + ")"})
@@ -569,8 +732,8 @@ func (m *multiStore) Status() ([][2]string, error) {
 	return st, nil
 }
 
-// Shutdown unmounts what the store mounted (read-only stores' layers too)
-// and releases every store.
+// Shutdown unmounts what the store mounted (other stores' layers too) and
+// releases every store.
 func (m *multiStore) Shutdown(force bool) ([]string, error) {
 	mounted, err := unmountAll(m.mountedLayers, m.Unmount, force)
 	if err != nil && (mounted == nil || !force) {
@@ -583,7 +746,7 @@ func (m *multiStore) Shutdown(force bool) ([]string, error) {
 // Free releases every store without unmounting anything.
 func (m *multiStore) Free() {
 	m.store.close()
-	for _, r := range m.ro {
+	for _, r := range m.others() {
 		if r.close != nil {
 			r.close()
 			r.close = nil
@@ -612,7 +775,7 @@ func (r *roStore) mirrorKey(id string) string {
 func (r *roStore) layerDir(rec *layerRecord) (string, error) {
 	mounts, err := r.st.sn.Mounts(r.st.ctx, rec.key)
 	if err != nil {
-		return "", mapErr(fmt.Errorf("layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+		return "", mapErr(fmt.Errorf("layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
 	}
 	dir, _, err := overlayutils.Dirs(mounts, !rec.writeable)
 	return dir, err
@@ -625,11 +788,19 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if r.writable && top.writeable {
+		// The image store's writeable layer is committed first, as it
+		// would be to become a parent there: its files then stay where
+		// the mirror points.
+		if err := r.st.freeze(top); err != nil {
+			return "", fmt.Errorf("image store %s: %w", r.path, err)
+		}
+	}
 	chain := []*layerRecord{top}
 	for p := top.Parent; p != ""; {
 		rec, err := r.st.findLayer(p)
 		if err != nil {
-			return "", fmt.Errorf("parent %s of layer %s in read-only image store %s: %w", p, top.ID, r.path, err)
+			return "", fmt.Errorf("parent %s of layer %s in %s %s: %w", p, top.ID, r.kind(), r.path, err)
 		}
 		chain = append(chain, rec)
 		p = rec.Parent
@@ -651,12 +822,12 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 		labels := map[string]string{cslabels.Owned: "store", cslabels.ReadOnlyStore: r.path, cslabels.ReadOnlyDir: dir}
 		prep := internalPrefix + "ro-prep/" + newID()
 		if _, err := m.store.sn.Prepare(m.ctx, prep, parentKey, snapshots.WithLabels(labels)); err != nil {
-			return "", mapErr(fmt.Errorf("mirror layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+			return "", mapErr(fmt.Errorf("mirror layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
 		}
 		if err := m.store.sn.Commit(m.ctx, key, prep, snapshots.WithLabels(labels)); err != nil {
 			m.store.deleteSnapshot(prep)
 			if !errdefs.IsAlreadyExists(err) { // made meanwhile by another
-				return "", mapErr(fmt.Errorf("mirror layer %s of read-only image store %s: %w", rec.ID, r.path, err))
+				return "", mapErr(fmt.Errorf("mirror layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
 			}
 		}
 		parentKey = key
@@ -664,10 +835,10 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 	return parentKey, nil
 }
 
-// roLayer is store.roLayer: the mirror of layer ref of the first read-only
-// store that has it.
+// roLayer is store.roLayer: the mirror of layer ref of the first other
+// store (the image store, then the read-only ones) that has it.
 func (m *multiStore) roLayer(ref string) (string, error) {
-	for _, r := range m.ro {
+	for _, r := range m.others() {
 		if _, err := r.st.findLayer(ref); err == nil {
 			return m.mirror(r, ref)
 		} else if !unknown(err) {
@@ -677,10 +848,11 @@ func (m *multiStore) roLayer(ref string) (string, error) {
 	return "", ErrLayerUnknown
 }
 
-// roImage is store.roImage: image ref of the first read-only store that
-// has it, and the mirror of its top layer.
+// roImage is store.roImage: image ref of the first other store (the
+// image store, then the read-only ones) that has it, and the mirror of
+// its top layer.
 func (m *multiStore) roImage(ref string) (string, string, error) {
-	for _, r := range m.ro {
+	for _, r := range m.others() {
 		img, err := r.st.findImage(ref)
 		if err != nil {
 			if unknown(err) {

@@ -38,9 +38,11 @@ type StoreOptions struct {
 	RunRoot string `json:"runroot,omitempty"`
 	// GraphRoot is the cs-snapshotter root: the daemon's --root.
 	GraphRoot string `json:"root,omitempty"`
-	// ImageStore is a separate image store (containers/storage's
-	// --image-store, storage.conf's imagestore). Not supported yet:
-	// GetStore refuses it (issue 8).
+	// ImageStore is a separate writable image store (containers/storage's
+	// --image-store, storage.conf's imagestore): another cs-snapshotter
+	// root where new layers and images go, containers staying in
+	// GraphRoot (see separatestore.go and docs/store.md); not with
+	// ContainerdAddress.
 	ImageStore string `json:"imagestore,omitempty"`
 	// ROImageStores are additional read-only image stores (storage.conf's
 	// additionalimagestores; containers/storage takes them as
@@ -135,10 +137,29 @@ func GetStore(options StoreOptions) (Store, error) {
 		}
 		return s, nil
 	}
-	// The read-only image stores first: a bad one fails GetStore before
-	// the writable root is touched.
+	// The separate image store's path is checked, then the read-only
+	// image stores are opened, then the image store: a bad one fails
+	// GetStore before the graph root is touched.
+	is, separate, err := separateImageStore(options)
+	if err != nil {
+		return nil, err
+	}
+	if separate {
+		if err := checkSeparate(is, options.GraphRoot, options.ROImageStores); err != nil {
+			return nil, err
+		}
+	}
 	var ro []*roStore
 	for _, o := range imageStoreOptions(options) {
+		if o.separate {
+			continue
+		}
+		if separate && o.path != "" {
+			if err := checkSeparate(is, options.GraphRoot, []string{o.path}); err != nil {
+				closeRO(ro)
+				return nil, err
+			}
+		}
 		r, err := openROStore(s, o)
 		if err != nil {
 			closeRO(ro)
@@ -146,48 +167,54 @@ func GetStore(options StoreOptions) (Store, error) {
 		}
 		ro = append(ro, r)
 	}
-	cfg := config.Default()
-	cfg.Root = options.GraphRoot
-	cfg.RunRoot = options.RunRoot
-	cfg.Snapshotter.MaxLayerSize = options.MaxLayerSize
-	d, err := openOrWait(s.ctx, cfg)
-	var inUse *daemon.InUseError
-	switch {
-	case err == nil:
-		s.embedded = d
-		s.sn, s.cs = d.Snapshotter(), d.Content()
-	case errors.As(err, &inUse) && inUse.Holder.Address != "":
-		c, err := daemon.DialStore(inUse.Holder.Address)
-		if err != nil {
+	var img *roStore
+	if separate {
+		if img, err = openImageStore(s, is); err != nil {
 			closeRO(ro)
 			return nil, err
 		}
-		s.client = c
-		s.sn, s.cs = c.Snapshotter, nativeReads{c.Content}
+	}
+	// closeOthers releases the other stores when the graph root fails.
+	closeOthers := func() {
+		closeRO(ro)
+		if img != nil {
+			img.close()
+		}
+	}
+	holder, err := s.openRoot()
+	if err != nil {
+		closeOthers()
+		return nil, err
+	}
+	if holder != nil {
 		// The daemon's own read-only image stores are the store's too.
-		for _, p := range inUse.Holder.ImageStores {
+		for _, p := range holder.ImageStores {
 			if slices.ContainsFunc(ro, func(r *roStore) bool { return r.path == p }) {
 				continue
 			}
-			r, err := openROStore(s, imageStoreOption{path: p, option: "additional_image_stores of the daemon on " + inUse.Holder.Address})
+			if separate {
+				if err := checkSeparate(is, options.GraphRoot, []string{p}); err != nil {
+					closeOthers()
+					s.close()
+					return nil, err
+				}
+			}
+			r, err := openROStore(s, imageStoreOption{path: p, option: "additional_image_stores of the daemon on " + holder.Address})
 			if err != nil {
-				closeRO(ro)
+				closeOthers()
 				s.close()
 				return nil, err
 			}
 			ro = append(ro, r)
 		}
-	default:
-		closeRO(ro)
-		return nil, err
 	}
 	if err := os.MkdirAll(s.opts.RunRoot, 0o700); err != nil {
-		closeRO(ro)
+		closeOthers()
 		s.close()
 		return nil, fmt.Errorf("create run root: %w", err)
 	}
-	if len(ro) > 0 {
-		m := &multiStore{store: s, ro: ro}
+	if len(ro) > 0 || img != nil {
+		m := &multiStore{store: s, img: img, ro: ro}
 		s.roLayer, s.roImage = m.roLayer, m.roImage
 		s.roImageExists = func(id string) bool { return m.holderOf(id, isImage(id)) != nil }
 		return m, nil

@@ -53,7 +53,7 @@ func (g *globalOptions) register(fs *flagSet) {
 	fs.stringVar(&g.run, []string{"--run", "-R"}, "Root of the runtime state tree")
 	fs.stringVar(&g.graph, []string{"--graph", "-g"}, "Root of the storage tree")
 	fs.boolVar(&g.transient, []string{"--transient-store"}, "Transient store")
-	fs.stringVar(&g.imageStore, []string{"--image-store"}, "Root of the separate image store (not supported yet)")
+	fs.stringVar(&g.imageStore, []string{"--image-store"}, "Root of the separate image store: new layers and images go there, containers stay in --graph")
 	fs.stringVar(&g.storageConf, []string{"--storage-conf"}, "Read this containers-storage storage.conf; flags given win over it")
 	fs.boolVar(&g.defaultStorageConf, []string{"--default-storage-conf"}, "Read storage.conf where containers-storage does ($"+storageconf.EnvVar+", "+storageconf.OverrideFile+", "+storageconf.SystemFile+")")
 	fs.stringVar(&g.driver, []string{"--storage-driver", "-s"}, "Storage driver to use: overlay ($STORAGE_DRIVER)")

@@ -213,23 +213,27 @@ mount_program = "/usr/bin/fuse-overlayfs"
 		t.Errorf("$%s without --default-storage-conf: %s", storageconf.EnvVar, r)
 	}
 
-	// The separate image store is not supported yet, and additional ones
-	// that are not stores (here: missing) are refused: a clear error naming
-	// the option and the path, exit 1 as containers-storage's "error
-	// initializing", and the store as it was. serve takes none yet.
+	// A separate image store that cannot be one (the graph root itself,
+	// not creatable) and additional ones that are not stores (here:
+	// missing) are refused: a clear error naming the option and the path,
+	// exit 1 as containers-storage's "error initializing", and the store
+	// as it was. serve takes none yet, and --containerd no separate one.
 	roConf := write("ro.conf", "[storage]\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\n[storage.options]\nadditionalimagestores = [\"/mnt/nfs/images\", \"/mnt/ro\"]\n")
-	isConf := write("is.conf", "[storage]\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\nimagestore = \"/srv/images\"\n")
+	notDir := filepath.Join(write("not-a-dir", ""), "images")
+	isConf := write("is.conf", "[storage]\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\nimagestore = \""+notDir+"\"\n")
 	before := s.ok("layers", "--json")
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--storage-conf", roConf, "layers"}, "additional image store /mnt/nfs/images (storage.conf additionalimagestores): /mnt/nfs/images does not exist: not a cs-snapshotter root"},
-		{[]string{"--storage-conf", isConf, "layers"}, "image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter (issue 8)"},
-		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", "/srv/images", "layers"}, "image store /srv/images (--image-store, storage.conf imagestore): not supported yet"},
+		{[]string{"--storage-conf", isConf, "layers"}, "image store " + notDir + " (--image-store, storage.conf imagestore): create root: mkdir " + filepath.Dir(notDir) + ": not a directory"},
+		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", s.graph, "layers"}, "image store " + s.graph + " (--image-store, storage.conf imagestore): it is the store's graph root"},
+		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", "/srv/images", "--containerd", "/nonexistent.sock", "layers"}, "image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)"},
+		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", "/srv/images", "serve"}, "serve: image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter serve (issue 8)"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--storage-opt", "overlay.imagestore=/mnt/a", "--storage-opt", "overlay.imagestore=/mnt/b", "layers"}, "additional image store /mnt/a (storage option overlay.imagestore): /mnt/a does not exist"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--storage-opt", "overlay.additionalimagestores=/mnt/c,/mnt/d", "create-layer"}, "additional image store /mnt/c (storage option overlay.additionalimagestores): /mnt/c does not exist"},
-		{[]string{"--graph", s.graph, "--run", s.run, "layers", "--image-store", "/srv/images"}, "image store /srv/images"},
+		{[]string{"--graph", s.graph, "--run", s.run, "layers", "--image-store", s.graph + "/"}, "image store " + s.graph},
 		{[]string{"--storage-conf", roConf, "serve"}, "serve: additional image store /mnt/nfs/images (storage.conf additionalimagestores): not supported yet by cs-snapshotter serve (issue 8)"},
 	} {
 		r := runCLI(t, nil, tc.args...)
