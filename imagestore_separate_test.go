@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"os"
@@ -406,5 +407,62 @@ func TestSeparateImageStoreBadInput(t *testing.T) {
 				t.Errorf("image store changed: %v, was %v", got, beforeImages)
 			}
 		})
+	}
+}
+
+// Check covers both roots; Repair leaves what a graph root container
+// uses in the image store, and repairs it once the container is gone.
+func TestSeparateImageStoreCheck(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	graph, images, run := filepath.Join(dir, "graph"), filepath.Join(dir, "images"), filepath.Join(dir, "run")
+	s, err := GetStore(StoreOptions{GraphRoot: graph, RunRoot: run, ImageStore: images})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(true)
+	base, _, err := s.PutLayer("", "", nil, "", false, nil, bytes.NewReader(layerTar(t, []entry{
+		{hdr: tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{hdr: tar.Header{Name: "etc/hello", Typeflag: tar.TypeReg, Mode: 0o644}, body: "hello\n"},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := []byte(`{"schemaVersion":2,"check":"me"}`)
+	img, err := s.CreateImage("", []string{"img:1"}, base.ID, "", &ImageOptions{BigData: []ImageBigDataOption{{Key: "manifest", Data: manifest}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.CreateContainer("", nil, img.ID, "", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clean := func(r CheckReport) bool {
+		return len(r.Layers)+len(r.ROLayers)+len(r.Images)+len(r.ROImages)+len(r.Containers) == 0
+	}
+	if r, err := s.Check(CheckEverything()); err != nil || !clean(r) {
+		t.Fatalf("check: %+v %v", r, err)
+	}
+	if err := os.Remove(filepath.Join(images, "content", "blobs", "sha256", strings.TrimPrefix(sha(manifest), "sha256:"))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Check(CheckEverything())
+	if err != nil || len(r.Images[img.ID]) == 0 || len(r.Containers[c.ID]) == 0 {
+		t.Fatalf("check after damage: %+v %v", r, err)
+	}
+	if errs := s.Repair(r, &RepairOptions{}); len(errs) == 0 || !errors.Is(errs[0], ErrImageUsedByContainer) {
+		t.Errorf("repair keeping containers: %v", errs)
+	}
+	if _, err := s.Image(img.ID); err != nil {
+		t.Errorf("the image in use was repaired away: %v", err)
+	}
+	if errs := s.Repair(r, RepairEverything()); len(errs) != 0 {
+		t.Errorf("repair: %v", errs)
+	}
+	if _, err := s.Image(img.ID); !errors.Is(err, ErrImageUnknown) {
+		t.Errorf("damaged image after repair: %v", err)
+	}
+	if r, err := s.Check(CheckEverything()); err != nil || !clean(r) {
+		t.Errorf("check after repair: %+v %v", r, err)
 	}
 }

@@ -258,3 +258,120 @@ func (m *multiStore) imgDeletable(id string) error {
 	}
 	return nil
 }
+
+// Check checks the graph root, then the image store; a graph root
+// container on a damaged image of the image store is damaged too.
+func (m *multiStore) Check(options *CheckOptions) (CheckReport, error) {
+	report, err := m.store.Check(options)
+	if err != nil || m.img == nil {
+		return report, err
+	}
+	ir, err := m.img.st.Check(options)
+	if err != nil {
+		return CheckReport{}, fmt.Errorf("image store %s: %w", m.img.path, err)
+	}
+	mergeErrs := func(into *map[string][]error, from map[string][]error) {
+		if len(from) == 0 {
+			return
+		}
+		if *into == nil {
+			*into = map[string][]error{}
+		}
+		for k, v := range from {
+			(*into)[k] = append((*into)[k], v...)
+		}
+	}
+	mergeErrs(&report.Layers, ir.Layers)
+	mergeErrs(&report.ROLayers, ir.ROLayers)
+	mergeErrs(&report.Images, ir.Images)
+	for k, v := range ir.layerParentsByLayerID {
+		if report.layerParentsByLayerID == nil {
+			report.layerParentsByLayerID = map[string]string{}
+		}
+		report.layerParentsByLayerID[k] = v
+	}
+	for k, v := range ir.layerOrder {
+		if report.layerOrder == nil {
+			report.layerOrder = map[string]int{}
+		}
+		report.layerOrder[k] = v
+	}
+	if len(ir.Images) > 0 {
+		ctrs, err := m.store.Containers()
+		if err != nil {
+			return CheckReport{}, err
+		}
+		for _, c := range ctrs {
+			if errs := ir.Images[c.ImageID]; len(errs) > 0 {
+				if report.Containers == nil {
+					report.Containers = map[string][]error{}
+				}
+				report.Containers[c.ID] = append(report.Containers[c.ID], fmt.Errorf("image %s of image store %s: %w", c.ImageID, m.img.path, errs[0]))
+			}
+		}
+	}
+	return report, nil
+}
+
+// Repair repairs the graph root (its containers first), then the image
+// store, leaving (and answering an error for) what a graph root container
+// still uses there.
+func (m *multiStore) Repair(report CheckReport, options *RepairOptions) []error {
+	if m.img == nil {
+		return m.store.Repair(report, options)
+	}
+	imgHas := func(id string) bool {
+		if isLayer(id)(m.img.st) || isImage(id)(m.img.st) {
+			return true
+		}
+		_, err := m.img.st.sn.Stat(m.ctx, incompletePrefix+id)
+		return err == nil
+	}
+	gr, ir := report, report
+	gr.Layers, gr.Images, ir.Layers, ir.Images, ir.Containers = map[string][]error{}, map[string][]error{}, map[string][]error{}, map[string][]error{}, nil
+	var imgLayers, imgImages []string
+	for id, e := range report.Layers {
+		if imgHas(id) {
+			imgLayers = append(imgLayers, id)
+		} else {
+			gr.Layers[id] = e
+		}
+	}
+	for id, e := range report.Images {
+		if imgHas(id) {
+			imgImages = append(imgImages, id)
+		} else {
+			gr.Images[id] = e
+		}
+	}
+	// The graph root first: its damaged containers go, and with them
+	// what they used in the image store.
+	errs := m.store.Repair(gr, options)
+	m.pruneMirrors()
+	for _, id := range imgImages {
+		err := m.imgImageUnused(id)
+		if err == nil {
+			var layers []string
+			if layers, err = m.img.st.DeleteImage(id, false); err == nil {
+				err = m.imgLayersInUse(layers)
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("not repairing image %s: %w", id, err))
+			continue
+		}
+		ir.Images[id] = report.Images[id]
+	}
+	for _, id := range imgLayers {
+		if err := m.imgLayersInUse([]string{id}); err != nil {
+			errs = append(errs, fmt.Errorf("not repairing layer %s: %w", id, err))
+			continue
+		}
+		ir.Layers[id] = report.Layers[id]
+	}
+	for _, err := range m.img.st.Repair(ir, options) {
+		errs = append(errs, fmt.Errorf("image store %s: %w", m.img.path, err))
+	}
+	m.pruneMirrors()
+	return errs
+}
