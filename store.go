@@ -88,13 +88,14 @@ type store struct {
 	client     *daemon.Client // set when a daemon serves the root
 	containerd *client.Client // set when opened through containerd
 
-	// roLayer and roImage, set when there are read-only image stores,
-	// find a layer or image there for PutLayer and CreateContainer and
-	// return the key of its top layer's mirror in this root (made if
-	// needed); ErrLayerUnknown or ErrImageUnknown if no store has it.
+	// roLayer and roImage, set when there are other image stores (the
+	// separate one, read-only ones), find a layer or image there for
+	// PutLayer and CreateContainer and return the key of its top layer's
+	// mirror in this root (made if needed); ErrLayerUnknown or
+	// ErrImageUnknown if no store has it.
 	roLayer func(ref string) (key string, err error)
 	roImage func(ref string) (imageID, topKey string, err error)
-	// roImageExists tells Check whether a read-only store has image id.
+	// roImageExists tells Check whether another image store has image id.
 	roImageExists func(id string) bool
 	// readOnly: this is an additional read-only image store's store
 	// (rostores.go); its mounts are all read-only.
