@@ -376,7 +376,14 @@ func TestDaemonRestart(t *testing.T) {
 	wantOutput(t, "after restart", e.Must(r), imagebuild.HelloText)
 
 	out = e.MustCtr("tasks", "start", pre)
-	wantOutput(t, "container created before the restart", out, imagebuild.HelloText+"b.txt\n")
+	if want := imagebuild.HelloText + "b.txt\n"; out != want {
+		// ctr may lose the end of a short task's output when the task
+		// exits (seen once in a loaded full run); a missing file would
+		// be missing again.
+		t.Logf("container created before the restart: got %q, want %q; starting it again", out, want)
+		out = e.MustCtr("tasks", "start", pre)
+		wantOutput(t, "container created before the restart, started again", out, want)
+	}
 	e.MustCtr("containers", "rm", pre)
 
 	e.checkChain(image.ChainIDs())
