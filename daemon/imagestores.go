@@ -20,6 +20,7 @@ import (
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/metadata"
+	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
 )
 
 // ImageStore is an additional read-only image store (issue 8): another
@@ -68,6 +69,12 @@ func OpenImageStore(ctx context.Context, root string, mountOptions []string, wai
 	for {
 		is.cur, err = is.open(ctx)
 		if err == nil {
+			// Its layers become lower layers of this host's overlay
+			// mounts: better refused now than at a container's start.
+			if err := overlayutils.CheckLower(filepath.Join(path, "snapshots")); err != nil {
+				is.Close()
+				return nil, err
+			}
 			is.Snapshotter, is.Content = storeSnapshotter{is}, storeContent{is}
 			return is, nil
 		}

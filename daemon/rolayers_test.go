@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -268,4 +269,75 @@ func TestImageStoreFollowsItsDaemon(t *testing.T) {
 	}
 	defer seed.stop()
 	check("daemon " + seed.addr)
+}
+
+// TestImageStoreNotOverlayLower: a read-only image store on a file system
+// that cannot be an overlay lower layer (here an overlay mount on an
+// overlay mount: one more would pass the kernel's stacking limit) is
+// refused when opened, naming the path, and the daemon's start with it
+// fails leaving its root as it was.
+func TestImageStoreNotOverlayLower(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	src := filepath.Join(t.TempDir(), "shared")
+	seed, err := serve(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedLayers(t, ctx, seed.addr)
+	if err := seed.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two stacked overlay mounts.
+	base := t.TempDir()
+	dirs := func(names ...string) []string {
+		var out []string
+		for _, n := range names {
+			d := filepath.Join(base, n)
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	d := dirs("l1", "u1", "w1", "m1", "u2", "w2", "m2")
+	mountOverlay := func(lower, upper, work, target string) {
+		t.Helper()
+		m := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work}}
+		if err := m.Mount(target); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mount.UnmountAll(target, 0) })
+	}
+	mountOverlay(d[0], d[1], d[2], d[3])
+	if err := os.Mkdir(filepath.Join(d[3], "lower"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountOverlay(filepath.Join(d[3], "lower"), d[4], d[5], d[6])
+	stacked := filepath.Join(d[6], "shared")
+	if out, err := exec.Command("cp", "-a", src, stacked).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+
+	if is, err := daemon.OpenImageStore(ctx, stacked, nil, 0); err == nil {
+		is.Close()
+		t.Fatal("a store two overlays deep was taken")
+	} else if !strings.Contains(err.Error(), stacked+"/snapshots cannot be an overlay lower layer") {
+		t.Errorf("error %v, want one naming %s", err, stacked)
+	}
+	root := t.TempDir()
+	if _, err := serve(ctx, root, func(c *config.Config) { c.AdditionalImageStores = []string{stacked} }); err == nil ||
+		!strings.Contains(err.Error(), "additional image store "+stacked+" (additional_image_stores)") {
+		t.Errorf("start with it: %v", err)
+	}
+	// The store itself is fine elsewhere.
+	is, err := daemon.OpenImageStore(ctx, src, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is.Close()
+	s := serveWith(t, ctx, root)
+	defer s.stop()
 }

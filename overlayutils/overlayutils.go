@@ -163,3 +163,28 @@ func Dirs(mounts []mount.Mount, readOnly bool) (upper string, lowers []string, e
 	}
 	return "", nil, fmt.Errorf("unexpected mount type %q", m.Type)
 }
+
+// CheckLower reports why the file system of dir cannot hold overlay lower
+// layers (a read-only image store's), nil if it can. It mounts a read-only
+// overlay with dir as a lower layer on a directory of its own, so nothing
+// is written under dir.
+func CheckLower(dir string) error {
+	if strings.ContainsAny(dir, ",:") {
+		return fmt.Errorf("%s cannot be an overlay lower layer: its path holds ',' or ':'", dir)
+	}
+	tmp, err := os.MkdirTemp("", "cs-lower-check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	empty, target := filepath.Join(tmp, "empty"), filepath.Join(tmp, "merged")
+	for _, d := range []string{empty, target} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("overlay", target, "overlay", unix.MS_RDONLY, "lowerdir="+dir+":"+empty); err != nil {
+		return fmt.Errorf("%s cannot be an overlay lower layer: mount: %w", dir, err)
+	}
+	return unix.Unmount(target, 0)
+}
