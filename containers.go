@@ -272,6 +272,13 @@ func (s *store) CreateContainer(id string, names []string, image, layer, metadat
 			imageID = img.ID
 			if img.TopLayer != "" {
 				top, err := s.findLayer(img.TopLayer)
+				if errors.Is(err, ErrLayerUnknown) && s.roLayer != nil {
+					// An image on another image store's layer (one
+					// pulled up, say): on its mirror.
+					if parentKey, err = s.roLayer(img.TopLayer); err == nil {
+						break
+					}
+				}
 				if err != nil {
 					return nil, fmt.Errorf("top layer %s of image %s: %w", img.TopLayer, img.ID, err)
 				}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -487,6 +488,15 @@ func (s *store) CreateImage(id string, names []string, layer, metadata string, o
 	var top *layerRecord
 	if layer != "" {
 		r, err := s.findLayer(layer)
+		if errors.Is(err, ErrLayerUnknown) && s.roLayer != nil {
+			// Another image store's layer: the image stacks on its
+			// mirror here, as a layer or container would.
+			var key string
+			if key, err = s.roLayer(layer); err == nil {
+				r = &layerRecord{key: key}
+				r.ID = path.Base(key)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -513,7 +513,10 @@ func (m *multiStore) Mounted(id string) (int, error) {
 // what only a read-only store holds is refused, naming it.
 
 func (m *multiStore) SetNames(id string, names []string) error {
-	s, _, err := m.target(id, "item", exists(id))
+	s, r, err := m.target(id, "item", exists(id))
+	if r.readOnly() && isImage(id)(r.st) {
+		return m.pullUp(r, id, func(w *store, id string) error { return w.SetNames(id, names) })
+	}
 	if err != nil {
 		return err
 	}
@@ -521,7 +524,10 @@ func (m *multiStore) SetNames(id string, names []string) error {
 }
 
 func (m *multiStore) AddNames(id string, names []string) error {
-	s, _, err := m.target(id, "item", exists(id))
+	s, r, err := m.target(id, "item", exists(id))
+	if r.readOnly() && isImage(id)(r.st) {
+		return m.pullUp(r, id, func(w *store, id string) error { return w.AddNames(id, names) })
+	}
 	if err != nil {
 		return err
 	}
@@ -529,11 +535,38 @@ func (m *multiStore) AddNames(id string, names []string) error {
 }
 
 func (m *multiStore) RemoveNames(id string, names []string) error {
-	s, _, err := m.target(id, "item", exists(id))
+	s, r, err := m.target(id, "item", exists(id))
+	if r.readOnly() && isImage(id)(r.st) {
+		return m.pullUp(r, id, func(w *store, id string) error { return w.RemoveNames(id, names) })
+	}
 	if err != nil {
 		return err
 	}
 	return s.RemoveNames(id, names)
+}
+
+// pullUp changes the names of image id of read-only store r as
+// containers/storage does: it makes the image in the writable store with
+// the same ID, names, top layer (mirrored), metadata, digests and big data,
+// then changes that copy's names as usual. The writable store's copy is
+// found first from then on; deleting it shows the read-only one again.
+func (m *multiStore) pullUp(r *roStore, id string, change func(*store, string) error) error {
+	img, err := r.st.Image(id)
+	if err != nil {
+		return err
+	}
+	opts := &ImageOptions{CreationDate: img.Created, Digest: img.Digest, Metadata: img.Metadata, NamesHistory: img.NamesHistory, Flags: img.Flags}
+	for _, key := range img.BigDataNames {
+		data, err := r.st.ImageBigData(img.ID, key)
+		if err != nil {
+			return fmt.Errorf("big data %q of image %s in read-only image store %s: %w", key, img.ID, r.path, err)
+		}
+		opts.BigData = append(opts.BigData, ImageBigDataOption{Key: key, Data: data, Digest: img.BigDataDigests[key]})
+	}
+	if _, err := m.store.CreateImage(img.ID, img.Names, img.TopLayer, img.Metadata, opts); err != nil {
+		return fmt.Errorf("copy image %s of read-only image store %s to change its names: %w", img.ID, r.path, err)
+	}
+	return change(m.store, img.ID)
 }
 
 func (m *multiStore) SetMetadata(id, metadata string) error {
@@ -632,23 +665,17 @@ func (m *multiStore) SetImageBigData(id, key string, data []byte, digestManifest
 	return s.SetImageBigData(id, key, data, digestManifest)
 }
 
-// notYet refuses to build on a read-only store's layer or image, which
-// needs its chain in the writable root (not done yet).
-func (r *roStore) notYet(kind, id, what string) error {
-	return fmt.Errorf("%s %s is in the read-only image store %s: %s on it is not supported yet: %w", kind, id, r.path, what, ErrNotSupported)
-}
-
 // CreateImage makes the image in the image store when there is one and
 // its top layer is there (or it has none); in the graph root when its top
 // layer is the graph root's.
 func (m *multiStore) CreateImage(id string, names []string, layer, metadata string, options *ImageOptions) (*Image, error) {
 	s := m.store
 	if layer != "" {
-		r := m.holderOf(layer, isLayer(layer))
-		if r.readOnly() {
-			return nil, r.notYet("layer", layer, "making an image")
+		// On a read-only store's layer, the graph root's image stacks on
+		// its mirror (store.roLayer).
+		if r := m.holderOf(layer, isLayer(layer)); !r.readOnly() {
+			s = m.of(r)
 		}
-		s = m.of(r)
 	} else if m.img != nil {
 		s = m.img.st
 	}

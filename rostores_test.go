@@ -375,28 +375,115 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 
 	t.Run("writes refused", func(t *testing.T) {
 		for name, call := range map[string]func() error{
-			"SetNames":     func() error { return s.SetNames(f.img1.ID, []string{"x"}) },
-			"AddNames":     func() error { return s.AddNames(f.base.ID, []string{"x"}) },
-			"RemoveNames":  func() error { return s.RemoveNames(f.img1.ID, []string{"ro/img:1"}) },
-			"SetMetadata":  func() error { return s.SetMetadata(f.img1.ID, "x") },
-			"Delete":       func() error { return s.Delete(f.img2.ID) },
-			"DeleteLayer":  func() error { return s.DeleteLayer(f.child.ID) },
-			"DeleteImage":  func() error { _, err := s.DeleteImage(f.img1.ID, true); return err },
-			"SetImageData": func() error { return s.SetImageBigData(f.img1.ID, "k", []byte("v"), nil) },
-			"SetLayerData": func() error { return s.SetLayerBigData(f.base.ID, "k", strings.NewReader("v")) },
-			"ApplyDiff":    func() error { _, err := s.ApplyDiff(f.child.ID, bytes.NewReader(f.childTar)); return err },
+			"AddNames (layer)": func() error { return s.AddNames(f.base.ID, []string{"x"}) },
+			"SetMetadata":      func() error { return s.SetMetadata(f.img1.ID, "x") },
+			"Delete":           func() error { return s.Delete(f.img2.ID) },
+			"DeleteLayer":      func() error { return s.DeleteLayer(f.child.ID) },
+			"DeleteImage":      func() error { _, err := s.DeleteImage(f.img1.ID, true); return err },
+			"SetImageData":     func() error { return s.SetImageBigData(f.img1.ID, "k", []byte("v"), nil) },
+			"SetLayerData":     func() error { return s.SetLayerBigData(f.base.ID, "k", strings.NewReader("v")) },
+			"ApplyDiff":        func() error { _, err := s.ApplyDiff(f.child.ID, bytes.NewReader(f.childTar)); return err },
 		} {
 			err := call()
 			if !errors.Is(err, ErrStoreIsReadOnly) || !strings.Contains(err.Error(), f.root) {
 				t.Errorf("%s: %v, want ErrStoreIsReadOnly naming %s", name, err, f.root)
 			}
 		}
-		if _, err := s.CreateImage("", nil, f.child.ID, "", nil); !errors.Is(err, ErrNotSupported) {
-			t.Errorf("CreateImage on a read-only layer: %v", err)
-		}
 		// Still all there.
-		if i, err := s.Image(f.img1.ID); err != nil || strings.Join(i.Names, ",") != "ro/img:1,shared:latest" || i.Metadata != "ro-meta" {
+		if i, err := s.Image(f.img1.ID); err != nil || strings.Join(i.Names, ",") != "ro/img:1,shared:latest" || i.Metadata != "ro-meta" || !i.ReadOnly {
 			t.Errorf("after refusals: %+v %v", i, err)
+		}
+	})
+
+	t.Run("names pull the image up", func(t *testing.T) {
+		// As containers/storage: changing a read-only image's names makes
+		// it in the writable store, same ID and top layer (here with its
+		// metadata and big data too); deleting that copy shows the
+		// read-only one again.
+		for _, tc := range []struct {
+			name   string
+			change func() error
+			want   string
+		}{
+			{"AddNames", func() error { return s.AddNames(f.img2.ID, []string{"more"}) }, "more,ro/base:1"},
+			{"SetNames", func() error { return s.SetNames(f.img2.ID, []string{"only"}) }, "only"},
+			{"RemoveNames", func() error { return s.RemoveNames(f.img2.ID, []string{"ro/base:1"}) }, ""},
+		} {
+			if err := tc.change(); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			i, err := s.Image(f.img2.ID)
+			if err != nil || i.ReadOnly || strings.Join(i.Names, ",") != tc.want || i.TopLayer != f.base.ID {
+				t.Errorf("%s: %+v %v; want the writable store's copy named %q on %s", tc.name, i, err, tc.want, f.base.ID)
+			}
+			if _, err := s.DeleteImage(f.img2.ID, true); err != nil {
+				t.Fatalf("%s: deleting the copy: %v", tc.name, err)
+			}
+			if i, err := s.Image(f.img2.ID); err != nil || !i.ReadOnly || strings.Join(i.Names, ",") != "ro/base:1" {
+				t.Errorf("%s: after deleting the copy: %+v %v", tc.name, i, err)
+			}
+			if _, err := s.Layer(f.base.ID); err != nil {
+				t.Errorf("%s: the read-only layer after deleting the copy: %v", tc.name, err)
+			}
+		}
+		// A name of the read-only image that an image of the writable
+		// store holds stops the copy, as in containers/storage, and
+		// changes nothing.
+		holder, err := s.Image("shared:latest")
+		if err != nil || holder.ReadOnly {
+			t.Fatalf("the writable store's shared:latest: %+v %v", holder, err)
+		}
+		if err := s.AddNames(f.img1.ID, []string{"copied"}); !errors.Is(err, ErrDuplicateName) {
+			t.Errorf("pulling up an image whose name the writable store holds: %v, want ErrDuplicateName", err)
+		}
+		if i, err := s.Image(f.img1.ID); err != nil || !i.ReadOnly {
+			t.Errorf("after the refused pull-up: %+v %v", i, err)
+		}
+		if _, err := s.DeleteImage(holder.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		// The copy has the big data; a name another image of the writable
+		// store has moves to it, as names do.
+		if _, err := s.CreateImage("", []string{"taken"}, "", "", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddNames(f.img1.ID, []string{"copied", "taken"}); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := s.ImageBigData("copied", "manifest"); err != nil || !bytes.Equal(b, f.manifest) {
+			t.Errorf("the copy's manifest: %q %v", b, err)
+		}
+		if i, err := s.Image("taken"); err != nil || i.ID != f.img1.ID || i.Metadata != "ro-meta" || i.Digest != f.manifestDigest ||
+			strings.Join(i.Names, ",") != "copied,taken,ro/img:1,shared:latest" {
+			t.Errorf("the copy: %+v %v", i, err)
+		}
+		if _, err := s.DeleteImage("copied", true); err != nil {
+			t.Fatal(err)
+		}
+		if i, err := s.Image(f.img1.ID); err != nil || !i.ReadOnly {
+			t.Errorf("after deleting the copy: %+v %v", i, err)
+		}
+	})
+
+	t.Run("image on a read-only layer", func(t *testing.T) {
+		img, err := s.CreateImage("", []string{"on-ro"}, f.child.ID, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img.ReadOnly || img.TopLayer != f.child.ID {
+			t.Errorf("image on a read-only layer: %+v", img)
+		}
+		if _, err := s.CreateContainer("", []string{"on-ro-c"}, "on-ro", "", "", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeleteContainer("on-ro-c"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.DeleteImage("on-ro", true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Layer(f.child.ID); err != nil {
+			t.Errorf("the read-only layer after deleting the image: %v", err)
 		}
 	})
 }

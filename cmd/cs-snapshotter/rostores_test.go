@@ -110,7 +110,6 @@ func TestROImageStoreCLI(t *testing.T) {
 			}
 			for _, args := range [][]string{
 				{"delete-image", "ro/img:1"},
-				{"set-names", "-n", "other", "ro/img:1"},
 				{"add-names", "-n", "other", "ro-base"},
 				{"delete-layer", "ro-base"},
 				{"set-metadata", "-m", "x", "ro/img:1"},
