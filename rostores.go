@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"path/filepath"
 	"strings"
@@ -848,7 +849,11 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 		}
 		labels := map[string]string{cslabels.Owned: "store", cslabels.ReadOnlyStore: r.path, cslabels.ReadOnlyDir: dir}
 		prep := internalPrefix + "ro-prep/" + newID()
-		if _, err := m.store.sn.Prepare(m.ctx, prep, parentKey, snapshots.WithLabels(labels)); err != nil {
+		// Marked incomplete until committed: a kill in between leaves
+		// what the root's next opening removes.
+		prepLabels := maps.Clone(labels)
+		prepLabels[cslabels.Incomplete] = "mirroring"
+		if _, err := m.store.sn.Prepare(m.ctx, prep, parentKey, snapshots.WithLabels(prepLabels)); err != nil {
 			return "", mapErr(fmt.Errorf("mirror layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
 		}
 		if err := m.store.sn.Commit(m.ctx, key, prep, snapshots.WithLabels(labels)); err != nil {

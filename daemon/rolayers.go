@@ -22,6 +22,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -146,7 +147,11 @@ func (l imageStoreLayers) mirror(ctx context.Context, is *ImageStore, layer *roL
 	var b [16]byte
 	rand.Read(b[:])
 	prep := "cs.ro-ctrd-prep/" + hex.EncodeToString(b[:])
-	if _, err := l.Snapshotter.Prepare(sctx, prep, parent, snapshots.WithLabels(labels)); err != nil {
+	// Marked incomplete until committed: a daemon killed in between
+	// removes it at its next start.
+	prepLabels := maps.Clone(labels)
+	prepLabels[cslabels.Incomplete] = "mirroring"
+	if _, err := l.Snapshotter.Prepare(sctx, prep, parent, snapshots.WithLabels(prepLabels)); err != nil {
 		return err
 	}
 	if err := l.Snapshotter.Commit(sctx, key, prep, snapshots.WithLabels(labels)); err != nil {

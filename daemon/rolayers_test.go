@@ -118,7 +118,8 @@ func TestReadOnlyStoreLayersForContainerd(t *testing.T) {
 					t.Fatalf("layer %d: Prepare: %v, want AlreadyExists", i, err)
 				}
 				info, err := sn.Stat(ctx, c.String())
-				if err != nil || info.Kind != snapshots.KindCommitted || info.Parent != parent {
+				if err != nil || info.Kind != snapshots.KindCommitted || info.Parent != parent ||
+					info.Labels[cslabels.ReadOnlyStore] != roRoot || info.Labels[cslabels.Incomplete] != "" {
 					t.Fatalf("layer %d: Stat(%s): %+v, %v", i, c, info, err)
 				}
 				parent = c.String()
