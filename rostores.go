@@ -514,36 +514,28 @@ func (m *multiStore) Mounted(id string) (int, error) {
 // what only a read-only store holds is refused, naming it.
 
 func (m *multiStore) SetNames(id string, names []string) error {
-	s, r, err := m.target(id, "item", exists(id))
-	if r.readOnly() && isImage(id)(r.st) {
-		return m.pullUp(r, id, func(w *store, id string) error { return w.SetNames(id, names) })
-	}
-	if err != nil {
-		return err
-	}
-	return s.SetNames(id, names)
+	return m.changeNames(id, func(s *store, id string) error { return s.SetNames(id, names) })
 }
 
 func (m *multiStore) AddNames(id string, names []string) error {
-	s, r, err := m.target(id, "item", exists(id))
-	if r.readOnly() && isImage(id)(r.st) {
-		return m.pullUp(r, id, func(w *store, id string) error { return w.AddNames(id, names) })
-	}
-	if err != nil {
-		return err
-	}
-	return s.AddNames(id, names)
+	return m.changeNames(id, func(s *store, id string) error { return s.AddNames(id, names) })
 }
 
 func (m *multiStore) RemoveNames(id string, names []string) error {
+	return m.changeNames(id, func(s *store, id string) error { return s.RemoveNames(id, names) })
+}
+
+// changeNames changes the names of item id in the store holding it; an
+// image of a read-only store is pulled up first.
+func (m *multiStore) changeNames(id string, change func(*store, string) error) error {
 	s, r, err := m.target(id, "item", exists(id))
 	if r.readOnly() && isImage(id)(r.st) {
-		return m.pullUp(r, id, func(w *store, id string) error { return w.RemoveNames(id, names) })
+		return m.pullUp(r, id, change)
 	}
 	if err != nil {
 		return err
 	}
-	return s.RemoveNames(id, names)
+	return change(s, id)
 }
 
 // pullUp changes the names of image id of read-only store r as

@@ -25,28 +25,31 @@ type imageStoreContent struct {
 }
 
 func (c imageStoreContent) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
-	info, err := c.Store.Info(ctx, d)
-	if !errdefs.IsNotFound(err) || snapshotter.IsStoreCaller(ctx) {
-		return info, err
-	}
-	for _, is := range c.stores {
-		if ri, rerr := is.Content.Info(ctx, d); rerr == nil {
+	return fallThrough(ctx, c, func(s content.Store) (content.Info, error) {
+		info, err := s.Info(ctx, d)
+		if err == nil && s != c.Store {
 			// Its labels are the other root's business.
-			return content.Info{Digest: ri.Digest, Size: ri.Size, CreatedAt: ri.CreatedAt, UpdatedAt: ri.UpdatedAt}, nil
+			info = content.Info{Digest: info.Digest, Size: info.Size, CreatedAt: info.CreatedAt, UpdatedAt: info.UpdatedAt}
 		}
-	}
-	return info, err
+		return info, err
+	})
 }
 
 func (c imageStoreContent) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	ra, err := c.Store.ReaderAt(ctx, desc)
+	return fallThrough(ctx, c, func(s content.Store) (content.ReaderAt, error) { return s.ReaderAt(ctx, desc) })
+}
+
+// fallThrough calls call on the root's content store, then, for containerd
+// and while the answer is NotFound, on each read-only store's.
+func fallThrough[T any](ctx context.Context, c imageStoreContent, call func(content.Store) (T, error)) (T, error) {
+	v, err := call(c.Store)
 	if !errdefs.IsNotFound(err) || snapshotter.IsStoreCaller(ctx) {
-		return ra, err
+		return v, err
 	}
 	for _, is := range c.stores {
-		if rra, rerr := is.Content.ReaderAt(ctx, desc); rerr == nil {
-			return rra, nil
+		if rv, rerr := call(is.Content); rerr == nil {
+			return rv, nil
 		}
 	}
-	return ra, err
+	return v, err
 }
