@@ -1,20 +1,19 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cs-snapshotter/cs-snapshotter/test/e2e"
+	"github.com/cs-snapshotter/cs-snapshotter/test/testproc"
 )
 
 // baselineConfig: containerd with its builtin overlayfs snapshotter and
@@ -35,16 +34,8 @@ type daemonProc struct {
 }
 
 func startDaemon(name, logPath string, args ...string) (*daemonProc, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd, logf, err := testproc.Start(name, logPath, cleanEnv(), false, args...)
 	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
 		return nil, err
 	}
 	p := &daemonProc{name: name, cmd: cmd, done: make(chan struct{})}
@@ -58,32 +49,17 @@ func (p *daemonProc) stop() {
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	testproc.Stop(p.cmd, p.done, 15*time.Second)
 }
 
 func waitSock(p *daemonProc, sock string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited before serving %s", p.name, sock)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not serve %s: %v", p.name, sock, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	switch err := testproc.WaitSocket(sock, 30*time.Second, 20*time.Millisecond, p.done); {
+	case err == nil:
+		return nil
+	case errors.Is(err, testproc.ErrExited):
+		return fmt.Errorf("%s exited before serving %s", p.name, sock)
+	default:
+		return fmt.Errorf("%s did not serve %s: %v", p.name, sock, err)
 	}
 }
 
@@ -190,28 +166,8 @@ func (e *ctrdEnv) close() {
 	if e.cs != nil {
 		e.cs.stop()
 	}
-	unmountUnder(e.dir)
+	_ = testproc.UnmountUnder(e.dir)
 	_ = os.RemoveAll(e.dir)
-}
-
-func unmountUnder(dir string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var mps []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			mps = append(mps, fields[4])
-		}
-	}
-	f.Close()
-	sort.Sort(sort.Reverse(sort.StringSlice(mps)))
-	for _, m := range mps {
-		_ = syscall.Unmount(m, syscall.MNT_DETACH)
-	}
 }
 
 func dropCaches() error {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
+	"github.com/cs-snapshotter/cs-snapshotter/test/testproc"
 )
 
 func logf(format string, args ...any) {
@@ -348,7 +349,7 @@ func startLatency(ctx context.Context, work, csBin, archive string, runs int) St
 func diffThroughput(work, csBin string, im *bigImage, reps int) DiffRes {
 	dir := filepath.Join(work, "diff-store")
 	_ = os.RemoveAll(dir)
-	defer func() { unmountUnder(dir); _ = os.RemoveAll(dir) }()
+	defer func() { _ = testproc.UnmountUnder(dir); _ = os.RemoveAll(dir) }()
 	cli := []string{"--graph", filepath.Join(dir, "graph"), "--run", filepath.Join(dir, "run")}
 	var ids []string
 	for _, l := range im.Layers {

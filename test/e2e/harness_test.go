@@ -1,24 +1,21 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cs-snapshotter/cs-snapshotter/test/testproc"
 )
 
 const (
@@ -44,20 +41,10 @@ type proc struct {
 
 // startProc starts a daemon with its stdout and stderr appended to logPath.
 func startProc(name, logPath string, args ...string) (*proc, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// Own process group, and killed if the test binary dies.
+	cmd, logf, err := testproc.Start(name, logPath, cleanEnv(), true, args...)
 	if err != nil {
 		return nil, err
-	}
-	fmt.Fprintf(logf, "\n===== %s: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.Env = cleanEnv()
-	// Own process group, and killed if the test binary dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, args: args, logPath: logPath, cmd: cmd, done: make(chan struct{})}
 	live.Store(cmd.Process.Pid, p)
@@ -80,15 +67,15 @@ var live sync.Map
 // zombies of an init that may not reap them).
 func reapOrphans() {
 	self := os.Getpid()
-	for _, p := range listProcs() {
-		if p.ppid != self || p.state != "Z" {
+	for _, p := range testproc.List() {
+		if p.PPID != self || p.State != "Z" {
 			continue
 		}
-		if _, ok := live.Load(p.pid); ok {
+		if _, ok := live.Load(p.PID); ok {
 			continue
 		}
 		var ws unix.WaitStatus
-		_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
+		_, _ = unix.Wait4(p.PID, &ws, unix.WNOHANG, nil)
 	}
 }
 
@@ -118,14 +105,11 @@ func (p *proc) stop(timeout time.Duration) (time.Duration, error) {
 	if p.exited() {
 		return 0, p.exitError()
 	}
-	start := time.Now()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	if p.waitExit(timeout) {
-		return time.Since(start), p.exitError()
+	took, killed := testproc.Stop(p.cmd, p.done, timeout)
+	if !killed {
+		return took, p.exitError()
 	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return time.Since(start), fmt.Errorf("%s (pid %d) did not exit within %v of SIGTERM; killed", p.name, p.cmd.Process.Pid, timeout)
+	return took, fmt.Errorf("%s (pid %d) did not exit within %v of SIGTERM; killed", p.name, p.cmd.Process.Pid, timeout)
 }
 
 func (p *proc) exitError() error {
@@ -138,20 +122,17 @@ func (p *proc) exitError() error {
 // waitSocket waits until a unix socket accepts connections, failing early
 // when p exits.
 func waitSocket(p *proc, sock string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s exited before serving %s: %v", p.name, sock, p.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not serve %s within %v: %v", p.name, sock, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var exited <-chan struct{}
+	if p != nil {
+		exited = p.done
+	}
+	switch err := testproc.WaitSocket(sock, timeout, 50*time.Millisecond, exited); {
+	case err == nil:
+		return nil
+	case errors.Is(err, testproc.ErrExited):
+		return fmt.Errorf("%s exited before serving %s: %v", p.name, sock, p.err)
+	default:
+		return fmt.Errorf("%s did not serve %s within %v: %v", p.name, sock, timeout, err)
 	}
 }
 
@@ -654,144 +635,35 @@ func (e *Env) killTasks() {
 // containers with runc (which kills the container processes), kills what is
 // left of their children, then the shims.
 func (e *Env) killShims() {
-	procs := listProcs()
-	for _, p := range procs {
-		if !strings.Contains(filepath.Base(p.args[0]), "containerd-shim") {
-			continue
-		}
-		ours := false
+	procs := testproc.List()
+	for _, p := range testproc.Shims(procs, e.CtrdSocket, e.Dir) {
 		var ns, id string
-		for i, a := range p.args {
-			if a == e.CtrdSocket || strings.HasPrefix(a, e.Dir+"/") {
-				ours = true
-			}
-			if i+1 < len(p.args) {
+		for i, a := range p.Args {
+			if i+1 < len(p.Args) {
 				switch a {
 				case "-namespace", "--namespace":
-					ns = p.args[i+1]
+					ns = p.Args[i+1]
 				case "-id", "--id":
-					id = p.args[i+1]
+					id = p.Args[i+1]
 				}
 			}
 		}
-		if !ours {
-			continue
-		}
-		e.t.Logf("cleanup: killing leftover shim pid %d (namespace %q, id %q)", p.pid, ns, id)
+		e.t.Logf("cleanup: killing leftover shim pid %d (namespace %q, id %q)", p.PID, ns, id)
 		if ns != "" && id != "" {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = exec.CommandContext(ctx, "runc", "--root", filepath.Join("/run/containerd/runc", ns), "delete", "--force", id).Run()
 			cancel()
 		}
-		for _, c := range procs {
-			if c.ppid == p.pid {
-				_ = syscall.Kill(c.pid, syscall.SIGKILL)
-			}
-		}
-		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		testproc.KillWithChildren(procs, p.PID)
 	}
 }
 
-type procInfo struct {
-	pid, ppid int
-	state     string
-	args      []string
-}
-
-// listProcs returns the processes on the machine (pid, ppid, state and
-// command line), skipping kernel threads and this process.
-func listProcs() []procInfo {
-	var out []procInfo
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-		out = append(out, procInfo{pid: pid, ppid: ppid, state: f[0], args: args})
-	}
-	return out
-}
-
-// unmountUnder lazily unmounts every mount point under dir, deepest first.
-func unmountUnder(dir string) error {
-	var errs []error
-	for range 5 {
-		mps, err := mountsUnder(dir)
-		if err != nil {
-			return err
-		}
-		if len(mps) == 0 {
-			return nil
-		}
-		errs = errs[:0]
-		for _, mp := range mps {
-			if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// mountsUnder lists mount points at or below dir, deepest first.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 etc.) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// unmountUnder and mountsUnder are testproc's, under the names the tests
+// use.
+var (
+	unmountUnder = testproc.UnmountUnder
+	mountsUnder  = testproc.MountsUnder
+)
 
 // tailFile returns the last n lines of a file.
 func tailFile(path string, n int) string {

@@ -36,7 +36,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -46,15 +45,15 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/template"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
 
+	"github.com/cs-snapshotter/cs-snapshotter/test/e2e"
 	"github.com/cs-snapshotter/cs-snapshotter/test/imagebuild"
+	"github.com/cs-snapshotter/cs-snapshotter/test/testproc"
 )
 
 const (
@@ -66,45 +65,6 @@ const (
 	// namePrefix:iNNNN.
 	namePrefix = "docker.io/library/cs-rostore"
 )
-
-// containerdConfig is the part of test/e2e/testdata/containerd.toml.tmpl
-// this benchmark needs: cs-snapshotter as containerd's snapshotter "cs",
-// its content store and its differ, and the transfer service unpacking
-// through it (`ctr images import --snapshotter cs`).
-const containerdConfig = `version = 3
-root = "{{.Root}}"
-state = "{{.State}}"
-disabled_plugins = ["io.containerd.content.v1.content"]
-
-[grpc]
-  address = "{{.Address}}"
-
-[proxy_plugins]
-  [proxy_plugins.cs]
-    type = "snapshot"
-    address = "{{.CSSocket}}"
-    exports = { root = "{{.CSRoot}}", enable_remote_snapshot_annotations = "true" }
-    capabilities = ["rebase"]
-  [proxy_plugins.cs-content]
-    type = "content"
-    address = "{{.CSSocket}}"
-  [proxy_plugins.cs-diff]
-    type = "diff"
-    address = "{{.CSSocket}}"
-
-[plugins."io.containerd.service.v1.diff-service"]
-  default = ["cs-diff", "walking"]
-
-[plugins."io.containerd.transfer.v1.local"]
-  max_concurrent_unpacks = 2
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = "linux/{{.Arch}}"
-    snapshotter = "cs"
-    differ = "cs-diff"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-`
 
 // Sample is one measured operation in one setting.
 type Sample struct {
@@ -182,7 +142,7 @@ func main() {
 			logf("leaving %s", dir)
 			return
 		}
-		if err := unmountUnder(dir); err != nil {
+		if err := testproc.UnmountUnder(dir); err != nil {
 			logf("cleanup: %v", err)
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -400,17 +360,9 @@ type proc struct {
 }
 
 func startProc(name, logPath string, args ...string) (*proc, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd, logf, err := testproc.Start(name, logPath, cleanEnv(), false, args...)
 	if err != nil {
 		return nil, err
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() {
@@ -435,31 +387,19 @@ func (p *proc) stop() {
 	if p == nil || p.exited() {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopTimeout):
-		logf("%s (pid %d) did not exit within %v of SIGTERM; killing it", p.name, p.cmd.Process.Pid, stopTimeout)
-		_ = p.cmd.Process.Kill()
-		<-p.done
+	if _, killed := testproc.Stop(p.cmd, p.done, stopTimeout); killed {
+		logf("%s (pid %d) did not exit within %v of SIGTERM; killed it", p.name, p.cmd.Process.Pid, stopTimeout)
 	}
 }
 
 func waitSocket(p *proc, sock, logPath string) error {
-	deadline := time.Now().Add(socketTimeout)
-	for {
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if p.exited() {
-			return fmt.Errorf("%s exited before serving %s: %v\n%s", p.name, sock, p.err, tail(logPath, 30))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not serve %s within %v: %v\n%s", p.name, sock, socketTimeout, err, tail(logPath, 30))
-		}
-		time.Sleep(50 * time.Millisecond)
+	switch err := testproc.WaitSocket(sock, socketTimeout, 50*time.Millisecond, p.done); {
+	case err == nil:
+		return nil
+	case errors.Is(err, testproc.ErrExited):
+		return fmt.Errorf("%s exited before serving %s: %v\n%s", p.name, sock, p.err, tail(logPath, 30))
+	default:
+		return fmt.Errorf("%s did not serve %s within %v: %v\n%s", p.name, sock, socketTimeout, err, tail(logPath, 30))
 	}
 }
 
@@ -519,21 +459,18 @@ func newEnv(parent, name, daemonConfig string) (*env, error) {
 	if err := os.WriteFile(e.csConfig, []byte("# cs-snapshotter rostore benchmark\n"+daemonConfig), 0o644); err != nil {
 		return nil, err
 	}
-	for _, v := range []string{e.ctrdRoot, e.ctrdState, e.ctrdSock, e.csSock, e.csRoot} {
-		if strings.ContainsAny(v, "\"\\\n") {
-			return nil, fmt.Errorf("%q needs TOML escaping", v)
-		}
-	}
-	var b strings.Builder
-	tmpl := template.Must(template.New("containerd.toml").Option("missingkey=error").Parse(containerdConfig))
-	if err := tmpl.Execute(&b, map[string]string{"Root": e.ctrdRoot, "State": e.ctrdState, "Address": e.ctrdSock,
-		"CSSocket": e.csSock, "CSRoot": e.csRoot, "Arch": goarch()}); err != nil {
+	// The e2e suite's containerd config: cs-snapshotter as containerd's
+	// snapshotter "cs", its content store and its differ, and the
+	// transfer service unpacking through it (`ctr images import
+	// --snapshotter cs`).
+	text, err := e2e.ContainerdConfig{Root: e.ctrdRoot, State: e.ctrdState, Address: e.ctrdSock,
+		CSSocket: e.csSock, CSRoot: e.csRoot}.Render()
+	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(e.ctrdConfig, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(e.ctrdConfig, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
-	var err error
 	if e.cs, err = startProc(name+" cs-snapshotter", e.csLog, bin, "serve", "--config", e.csConfig, "--root", e.csRoot,
 		"--run-root", e.csRun, "--address", e.csSock); err != nil {
 		return nil, err
@@ -562,7 +499,7 @@ func (e *env) stopAll() {
 	if e.cs != nil {
 		e.cs.stop()
 	}
-	if err := unmountUnder(e.dir); err != nil {
+	if err := testproc.UnmountUnder(e.dir); err != nil {
 		logf("%s: %v", e.name, err)
 	}
 }
@@ -582,53 +519,10 @@ func (e *env) killTasks() {
 // (they have its socket or directory on their command line), with their
 // children.
 func (e *env) killShims() {
-	ents, _ := os.ReadDir("/proc")
-	type pinfo struct {
-		pid, ppid int
-		args      []string
-	}
-	var procs []pinfo
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		procs = append(procs, pinfo{pid, ppid, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")})
-	}
-	for _, p := range procs {
-		if len(p.args) == 0 || !strings.Contains(filepath.Base(p.args[0]), "containerd-shim") {
-			continue
-		}
-		ours := false
-		for _, a := range p.args {
-			if a == e.ctrdSock || strings.HasPrefix(a, e.dir+"/") {
-				ours = true
-			}
-		}
-		if !ours {
-			continue
-		}
-		logf("%s: killing leftover shim pid %d", e.name, p.pid)
-		for _, c := range procs {
-			if c.ppid == p.pid {
-				_ = syscall.Kill(c.pid, syscall.SIGKILL)
-			}
-		}
-		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	procs := testproc.List()
+	for _, p := range testproc.Shims(procs, e.ctrdSock, e.dir) {
+		logf("%s: killing leftover shim pid %d", e.name, p.PID)
+		testproc.KillWithChildren(procs, p.PID)
 	}
 }
 
@@ -897,14 +791,6 @@ func uniqueLayer(i int) ([]byte, digest.Digest, error) {
 
 // ---- helpers
 
-func goarch() string {
-	out, err := exec.Command("go", "env", "GOARCH").Output()
-	if err == nil && len(bytes.TrimSpace(out)) > 0 {
-		return string(bytes.TrimSpace(out))
-	}
-	return "amd64"
-}
-
 // duBytes is `du -sb path` (apparent size; symlinks count as the link).
 func duBytes(path string) int64 {
 	out, err := exec.Command("du", "-sb", path).Output()
@@ -964,59 +850,6 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// unmountUnder lazily unmounts every mount point under dir, deepest first.
-func unmountUnder(dir string) error {
-	var errs []error
-	for range 5 {
-		mps, err := mountsUnder(dir)
-		if err != nil || len(mps) == 0 {
-			return err
-		}
-		errs = errs[:0]
-		for _, mp := range mps {
-			if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func mountsUnder(dir string) ([]string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescape(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out, nil
-}
-
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
