@@ -237,7 +237,9 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	for _, info := range infos {
 		listed[info.Digest] = true
 	}
-	// Through a socket each read is a round trip: let them overlap.
+	// What earlier listings found out; through a socket each read is a
+	// round trip: let the rest overlap.
+	s.loadCtrdCache()
 	prefetch(infos, func(info content.Info) { s.classify(info) })
 	for _, info := range infos {
 		b, err := s.classify(info)
@@ -257,6 +259,7 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 		}
 	}
 	if len(manifests) == 0 {
+		s.saveCtrdCache(infos)
 		return nil, nil
 	}
 	// The committed snapshots containerd made, by the last element of
@@ -365,6 +368,7 @@ func (s *store) ctrdImages(infos []content.Info) ([]*imageRecord, error) {
 	for _, r := range list {
 		sort.Strings(r.BigDataNames)
 	}
+	s.saveCtrdCache(infos)
 	return list, nil
 }
 

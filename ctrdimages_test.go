@@ -8,8 +8,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -351,5 +353,73 @@ func TestContainerdImagesVanishing(t *testing.T) {
 		}
 		there(t, s, keep, own.ID, own.TopLayer)
 		wantClean(t, s, CheckMost(), "after containerd's blobs went")
+	})
+}
+
+// TestContainerdImagesCache: what a listing found out about containerd's
+// blobs is kept in the run root, read back by a process with empty caches
+// (same listing), rewritten when the blobs change (a deleted manifest's
+// entry goes), and ignored when unreadable.
+func TestContainerdImagesCache(t *testing.T) {
+	forModes(t, func(t *testing.T, s Store, sn snapshots.Snapshotter, cs content.Store) {
+		st := s.(*store)
+		prefix := t.Name() + "-" + newID()[:8] + "-"
+		a, _, _ := fakeCtrdImage(t, sn, cs, prefix+"a")
+		b, manBDesc, _ := fakeCtrdImage(t, sn, cs, prefix+"b")
+		manB := manBDesc.Digest
+		ids := func() string {
+			t.Helper()
+			imgs, err := s.Images()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, i := range imgs {
+				out = append(out, i.ID)
+			}
+			sort.Strings(out)
+			return strings.Join(out, ",")
+		}
+		want := ids()
+		if !strings.Contains(want, a) || !strings.Contains(want, b) {
+			t.Fatalf("listing %s lacks %s or %s", want, a, b)
+		}
+		path := st.ctrdCachePath()
+		var f ctrdCacheFile
+		if data, err := os.ReadFile(path); err != nil || json.Unmarshal(data, &f) != nil || !f.Blobs[manB].Manifest || len(f.Configs) < 2 {
+			t.Fatalf("cache file %s: %d blobs, %d configs, %v", path, len(f.Blobs), len(f.Configs), err)
+		}
+		forget := func() {
+			ctrdBlobCache.Clear()
+			ctrdConfigCache.Clear()
+			ctrdCacheLoaded.Clear()
+		}
+		forget()
+		if got := ids(); got != want {
+			t.Errorf("listing from the cache file: %s, want %s", got, want)
+		}
+		if err := cs.Delete(testCtx, manB); err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(); strings.Contains(got, b) {
+			t.Errorf("listing after image b's manifest went: %s", got)
+		}
+		f = ctrdCacheFile{}
+		if data, err := os.ReadFile(path); err != nil || json.Unmarshal(data, &f) != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.Blobs[manB]; ok {
+			t.Error("the deleted manifest is still in the cache file")
+		}
+		if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		forget()
+		if got := ids(); !strings.Contains(got, a) || strings.Contains(got, b) {
+			t.Errorf("listing with an unreadable cache file: %s", got)
+		}
+		if data, err := os.ReadFile(path); err != nil || json.Unmarshal(data, &ctrdCacheFile{}) != nil {
+			t.Errorf("the unreadable cache file was not remade: %v", err)
+		}
 	})
 }
