@@ -588,6 +588,10 @@ func (n *checkNow) layerExists(id string) (bool, error) {
 		return false, err
 	}
 	_, ok := idx.byID[id]
+	if !ok && n.s.roLayerExists != nil {
+		// An image of the writable store on another image store's layer.
+		return n.s.roLayerExists(id), nil
+	}
 	return ok, nil
 }
 

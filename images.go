@@ -835,27 +835,39 @@ func (s *store) ImageSize(id string) (int64, error) {
 	if err != nil {
 		return -1, err
 	}
+	return imageSize(&r.Image, func(l string) (*Layer, error) {
+		lr, err := s.findLayer(l)
+		if err != nil {
+			return nil, err
+		}
+		return &lr.Layer, nil
+	}, func(l string) (int64, error) { return s.DiffSize("", l) })
+}
+
+// imageSize is the size of img's layers (found with layer; diffSize for
+// one whose diff's size was not recorded) and big data.
+func imageSize(img *Image, layer func(id string) (*Layer, error), diffSize func(id string) (int64, error)) (int64, error) {
 	var size int64
 	seen := map[string]bool{}
-	for l := r.TopLayer; l != "" && !seen[l]; {
+	for l := img.TopLayer; l != "" && !seen[l]; {
 		seen[l] = true
-		lr, err := s.findLayer(l)
+		lr, err := layer(l)
 		if err != nil {
 			return -1, fmt.Errorf("locating layer with ID %q: %w", l, err)
 		}
 		n := lr.UncompressedSize
 		if lr.UncompressedDigest == "" {
-			if n, err = s.DiffSize("", lr.ID); err != nil {
+			if n, err = diffSize(lr.ID); err != nil {
 				return -1, fmt.Errorf("size/digest of layer with ID %q could not be calculated: %w", l, err)
 			}
 		}
 		size += n
 		l = lr.Parent
 	}
-	for _, key := range r.BigDataNames {
-		n, ok := r.BigDataSizes[key]
+	for _, key := range img.BigDataNames {
+		n, ok := img.BigDataSizes[key]
 		if !ok {
-			return -1, fmt.Errorf("reading size of big data item %q for image %q: %w", key, r.ID, ErrSizeUnknown)
+			return -1, fmt.Errorf("reading size of big data item %q for image %q: %w", key, img.ID, ErrSizeUnknown)
 		}
 		size += n
 	}

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -442,9 +443,14 @@ func (m *multiStore) LayerBigData(id, key string) (io.ReadCloser, error) {
 	return v, err
 }
 
+// ImageSize counts the image's layers wherever they are: an image of the
+// writable store may stack on a read-only store's layers.
 func (m *multiStore) ImageSize(id string) (int64, error) {
-	v, _, err := first(m, func(s *store) (int64, error) { return s.ImageSize(id) })
-	return v, err
+	img, err := m.Image(id)
+	if err != nil {
+		return -1, err
+	}
+	return imageSize(img, func(l string) (*Layer, error) { return m.Layer(l) }, func(l string) (int64, error) { return m.DiffSize("", l) })
 }
 
 func (m *multiStore) ListImageBigData(id string) ([]string, error) {
@@ -490,8 +496,18 @@ func (m *multiStore) Mount(id, mountLabel string) (string, error) {
 	return v, err
 }
 
+// MountImage mounts the image's top layer read-only wherever it is.
 func (m *multiStore) MountImage(id string, mountOpts []string, mountLabel string) (string, error) {
-	v, _, err := first(m, func(s *store) (string, error) { return s.MountImage(id, mountOpts, mountLabel) })
+	img, err := m.Image(id)
+	if err != nil {
+		return "", err
+	}
+	if img.TopLayer == "" {
+		return "", fmt.Errorf("image %s has no layers to mount: %w", img.ID, ErrLayerUnknown)
+	}
+	v, _, err := first(m, func(s *store) (string, error) {
+		return s.mount(img.TopLayer, mountLabel, append(slices.Clone(mountOpts), "ro"))
+	})
 	return v, err
 }
 
@@ -501,8 +517,11 @@ func (m *multiStore) Unmount(id string, force bool) (bool, error) {
 }
 
 func (m *multiStore) UnmountImage(id string, force bool) (bool, error) {
-	v, _, err := first(m, func(s *store) (bool, error) { return s.UnmountImage(id, force) })
-	return v, err
+	img, err := m.Image(id)
+	if err != nil {
+		return false, err
+	}
+	return m.Unmount(img.TopLayer, force)
 }
 
 func (m *multiStore) Mounted(id string) (int, error) {

@@ -447,6 +447,10 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		if _, err := s.CreateImage("", []string{"taken"}, "", "", nil); err != nil {
 			t.Fatal(err)
 		}
+		roSize, err := s.ImageSize(f.img1.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := s.AddNames(f.img1.ID, []string{"copied", "taken"}); err != nil {
 			t.Fatal(err)
 		}
@@ -456,6 +460,22 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		if i, err := s.Image("taken"); err != nil || i.ID != f.img1.ID || i.Metadata != "ro-meta" || i.Digest != f.manifestDigest ||
 			strings.Join(i.Names, ",") != "copied,taken,ro/img:1,shared:latest" {
 			t.Errorf("the copy: %+v %v", i, err)
+		}
+		// The copy is whole: its size counts the read-only layers, it
+		// mounts, and Check finds nothing wrong.
+		if n, err := s.ImageSize("copied"); err != nil || n != roSize {
+			t.Errorf("ImageSize of the copy: %d %v, want the read-only image's %d", n, err, roSize)
+		}
+		if p, err := s.MountImage("copied", nil, ""); err != nil {
+			t.Errorf("MountImage of the copy: %v", err)
+		} else if entries, _ := os.ReadDir(p); len(entries) == 0 {
+			t.Errorf("the copy mounted at %s shows nothing", p)
+		}
+		if _, err := s.UnmountImage("copied", true); err != nil {
+			t.Errorf("UnmountImage of the copy: %v", err)
+		}
+		if r, err := s.Check(CheckEverything()); err != nil || len(r.Images) != 0 || len(r.Layers) != 0 {
+			t.Errorf("Check with the copy: %+v %v", r, err)
 		}
 		if _, err := s.DeleteImage("copied", true); err != nil {
 			t.Fatal(err)
@@ -472,6 +492,28 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 		}
 		if img.ReadOnly || img.TopLayer != f.child.ID {
 			t.Errorf("image on a read-only layer: %+v", img)
+		}
+		// And one on a writable layer whose parent is read-only: both
+		// count the read-only layers, and Check finds nothing wrong.
+		upper, _, err := s.PutLayer("", f.child.ID, nil, "", false, nil, bytes.NewReader(layerTar(t, []entry{{hdr: tar.Header{Name: "upper", Typeflag: tar.TypeReg, Mode: 0o644}, body: "up"}})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateImage("", []string{"on-upper"}, upper.ID, "", nil); err != nil {
+			t.Fatal(err)
+		}
+		onRO, err := s.ImageSize("on-ro")
+		if err != nil || onRO <= 0 {
+			t.Errorf("ImageSize of the image on a read-only layer: %d %v", onRO, err)
+		}
+		if n, err := s.ImageSize("on-upper"); err != nil || n != onRO+upper.UncompressedSize {
+			t.Errorf("ImageSize of the image above a read-only layer: %d %v, want %d", n, err, onRO+upper.UncompressedSize)
+		}
+		if r, err := s.Check(CheckEverything()); err != nil || len(r.Images) != 0 || len(r.Layers) != 0 {
+			t.Errorf("Check with images on read-only layers: %+v %v", r, err)
+		}
+		if _, err := s.DeleteImage("on-upper", true); err != nil {
+			t.Fatal(err)
 		}
 		if _, err := s.CreateContainer("", []string{"on-ro-c"}, "on-ro", "", "", nil); err != nil {
 			t.Fatal(err)

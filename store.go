@@ -97,6 +97,8 @@ type store struct {
 	roImage func(ref string) (imageID, topKey string, err error)
 	// roImageExists tells Check whether another image store has image id.
 	roImageExists func(id string) bool
+	// roLayerExists tells Check whether another image store has layer id.
+	roLayerExists func(id string) bool
 	// readOnly: this is an additional read-only image store's store
 	// (rostores.go); its mounts are all read-only.
 	readOnly bool
@@ -218,6 +220,7 @@ func GetStore(options StoreOptions) (Store, error) {
 		m := &multiStore{store: s, img: img, ro: ro}
 		s.roLayer, s.roImage = m.roLayer, m.roImage
 		s.roImageExists = func(id string) bool { return m.holderOf(id, isImage(id)) != nil }
+		s.roLayerExists = func(id string) bool { return m.holderOf(id, isLayer(id)) != nil }
 		return m, nil
 	}
 	return s, nil
