@@ -35,6 +35,10 @@ type Config struct {
 	// written, whose layers containerd can use here without copying them
 	// (containers/storage's additionalimagestores).
 	AdditionalImageStores []string `toml:"additional_image_stores"`
+	// ImageStore is a separate root, held by the daemon too, where the
+	// layers containerd unpacks go, with the blobs, while containers'
+	// snapshots stay in Root (containers/storage's imagestore).
+	ImageStore string `toml:"image_store"`
 
 	GRPC        GRPC        `toml:"grpc"`
 	Snapshotter Snapshotter `toml:"snapshotter"`
@@ -151,6 +155,16 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("additional_image_stores: %q is listed twice", p)
 		}
 		seen[filepath.Clean(p)] = true
+	}
+	if p := c.ImageStore; p != "" {
+		switch {
+		case !filepath.IsAbs(p):
+			return fmt.Errorf("image_store must be an absolute path, got %q", p)
+		case filepath.Clean(p) == filepath.Clean(c.Root):
+			return fmt.Errorf("image_store: %q is the root itself", p)
+		case seen[filepath.Clean(p)]:
+			return fmt.Errorf("image_store: %q is also in additional_image_stores", p)
+		}
 	}
 	if c.GRPC.Address != "" && !filepath.IsAbs(c.GRPC.Address) {
 		return fmt.Errorf("grpc.address must be an absolute path, got %q", c.GRPC.Address)

@@ -47,7 +47,7 @@ func TestExampleIsDefault(t *testing.T) {
 	}
 	d := Default()
 	if c.Root != d.Root || c.RunRoot != d.RunRoot || c.LogLevel != d.LogLevel || c.GRPC != d.GRPC ||
-		len(c.Snapshotter.MountOptions) != 0 || len(c.AdditionalImageStores) != 0 || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
+		len(c.Snapshotter.MountOptions) != 0 || len(c.AdditionalImageStores) != 0 || c.ImageStore != "" || c.Snapshotter.AsyncRemove != d.Snapshotter.AsyncRemove ||
 		c.Snapshotter.MaxLayerSize != d.Snapshotter.MaxLayerSize ||
 		c.Metrics != d.Metrics || c.Debug != d.Debug {
 		t.Errorf("example differs from defaults:\n%+v\n%+v", c, d)
@@ -102,6 +102,9 @@ func TestParseErrors(t *testing.T) {
 		{"root = \"/srv/cs\"\nadditional_image_stores = [\"/srv/cs/\"]\n", `additional_image_stores: "/srv/cs/" is the root itself`},
 		{"additional_image_stores = [\"/a\", \"/b\", \"/a\"]\n", `additional_image_stores: "/a" is listed twice`},
 		{"additional_image_stores = \"/a\"\n", "line 1"},
+		{"image_store = \"images\"\n", `image_store must be an absolute path, got "images"`},
+		{"root = \"/srv/cs\"\nimage_store = \"/srv/cs\"\n", `image_store: "/srv/cs" is the root itself`},
+		{"image_store = \"/a\"\nadditional_image_stores = [\"/a\"]\n", `image_store: "/a" is also in additional_image_stores`},
 		{"[snapshotter]\nmax_layer_size = -1\n", `snapshotter.max_layer_size must be a number of bytes, 0 for no limit, got -1`},
 		{"[snapshotter]\nmax_layer_size = \"10G\"\n", "line 2"},
 		{"[snapshotter]\nmax_layer_size = 1e12\n", "line 2"},

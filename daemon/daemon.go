@@ -49,6 +49,8 @@ type Daemon struct {
 	diff *differ.Service
 	// stores are the additional read-only image stores.
 	stores []*ImageStore
+	// img is the separate image store, opened as a root of its own.
+	img *Daemon
 }
 
 // Open takes the root of cfg for this process and opens everything in it.
@@ -108,6 +110,20 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if err := d.sn.Cleanup(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("cleanup at start failed")
 	}
+	if cfg.ImageStore != "" {
+		icfg := cfg
+		icfg.Root, icfg.ImageStore, icfg.AdditionalImageStores = cfg.ImageStore, "", nil
+		// No address: a store opening it must not take this daemon's
+		// union of both roots for the image store alone.
+		if d.img, err = Open(ctx, icfg, Holder{What: holder.What + " (the image store of " + root + ")"}); err != nil {
+			return nil, fmt.Errorf("image store %s (image_store): %w", cfg.ImageStore, err)
+		}
+		// Either root's unpacking reads the blobs of both.
+		blobs := d.containerdContent()
+		d.diff = differ.New(d.sn, blobs, d.db, cfg.Snapshotter.MaxLayerSize)
+		d.img.diff = differ.New(d.img.sn, blobs, d.img.db, cfg.Snapshotter.MaxLayerSize)
+		logSplit(ctx, root, cfg.ImageStore)
+	}
 	return d, nil
 }
 
@@ -115,10 +131,14 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 // daemon, the diff service's unpacking included: the root's, and the
 // read-only image stores' blobs it lacks.
 func (d *Daemon) containerdContent() content.Store {
-	if len(d.stores) == 0 {
-		return d.cs
+	var cs content.Store = d.cs
+	if len(d.stores) > 0 {
+		cs = imageStoreContent{Store: d.cs, stores: d.stores}
 	}
-	return imageStoreContent{Store: d.cs, stores: d.stores}
+	if d.img != nil {
+		cs = splitContent{Store: d.img.cs, root: cs}
+	}
+	return cs
 }
 
 // Snapshotter returns the daemon's snapshotter.
@@ -130,6 +150,10 @@ func (d *Daemon) Content() *contentstore.Store { return d.cs }
 // Close closes the database and releases the root.
 func (d *Daemon) Close() error {
 	var errs []error
+	if d.img != nil {
+		errs = append(errs, d.img.Close())
+		d.img = nil
+	}
 	for _, is := range d.stores {
 		errs = append(errs, is.Close())
 	}
@@ -160,12 +184,17 @@ func (d *Daemon) NewServer() *grpc.Server {
 		grpc.ChainStreamInterceptor(recoverStream, metricsStream, logStream, storeCallerStream),
 	)
 	var sn snapshots.Snapshotter = d.sn
+	var diff diffapi.DiffServer = d.diff
+	if d.img != nil {
+		sn = splitRoot{root: d.sn, img: d.img.sn}
+		diff = splitDiffer{root: d.diff, img: d.img.diff, imgSn: d.img.sn}
+	}
 	if len(d.stores) > 0 {
-		sn = imageStoreLayers{Snapshotter: d.sn, stores: d.stores}
+		sn = imageStoreLayers{Snapshotter: sn, root: d.sn, stores: d.stores}
 	}
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotsService{snapshotservice.FromSnapshotter(sn), sn})
 	contentapi.RegisterContentServer(srv, contentstore.NewService(d.containerdContent()))
-	diffapi.RegisterDiffServer(srv, d.diff)
+	diffapi.RegisterDiffServer(srv, diff)
 	return srv
 }
 

@@ -49,7 +49,11 @@ const (
 // read-only image stores are configured: Prepare and View of a layer one
 // of them holds answer AlreadyExists, with its mirror made.
 type imageStoreLayers struct {
-	*snapshotter.Snapshotter
+	// Snapshotter serves the rest: the root's, or the root and the
+	// separate image store's (splitRoot).
+	snapshots.Snapshotter
+	// root is where the mirrors are made.
+	root   *snapshotter.Snapshotter
 	stores []*ImageStore
 }
 
@@ -65,6 +69,14 @@ func (l imageStoreLayers) View(ctx context.Context, key, parent string, opts ...
 		return nil, err
 	}
 	return l.Snapshotter.View(ctx, key, parent, opts...)
+}
+
+// Cleanup cleans what Snapshotter serves.
+func (l imageStoreLayers) Cleanup(ctx context.Context) error {
+	if c, ok := l.Snapshotter.(snapshots.Cleaner); ok {
+		return c.Cleanup(ctx)
+	}
+	return nil
 }
 
 // fromImageStores returns an AlreadyExists error when the snapshot
@@ -90,7 +102,7 @@ func (l imageStoreLayers) fromImageStores(ctx context.Context, parent string, op
 		if !strings.HasPrefix(parent, MirrorPrefix) {
 			return nil
 		}
-		info, err := l.Snapshotter.Stat(ctx, parent)
+		info, err := l.root.Stat(ctx, parent)
 		if err != nil {
 			return nil
 		}
@@ -126,7 +138,7 @@ func (is *ImageStore) mirrorKey(chainID digest.Digest) string {
 func (l imageStoreLayers) mirror(ctx context.Context, is *ImageStore, layer *roLayer, parent string) error {
 	key := is.mirrorKey(layer.chainID)
 	sctx := snapshotter.WithStoreCaller(ctx)
-	if info, err := l.Snapshotter.Stat(sctx, key); err == nil {
+	if info, err := l.root.Stat(sctx, key); err == nil {
 		if info.Parent != parent {
 			return fmt.Errorf("its mirror %s has parent %q, not %q: %w", key, info.Parent, parent, errdefs.ErrFailedPrecondition)
 		}
@@ -151,11 +163,11 @@ func (l imageStoreLayers) mirror(ctx context.Context, is *ImageStore, layer *roL
 	// removes it at its next start.
 	prepLabels := maps.Clone(labels)
 	prepLabels[cslabels.Incomplete] = "mirroring"
-	if _, err := l.Snapshotter.Prepare(sctx, prep, parent, snapshots.WithLabels(prepLabels)); err != nil {
+	if _, err := l.root.Prepare(sctx, prep, parent, snapshots.WithLabels(prepLabels)); err != nil {
 		return err
 	}
-	if err := l.Snapshotter.Commit(sctx, key, prep, snapshots.WithLabels(labels)); err != nil {
-		if rerr := l.Snapshotter.Remove(sctx, prep); rerr != nil {
+	if err := l.root.Commit(sctx, key, prep, snapshots.WithLabels(labels)); err != nil {
+		if rerr := l.root.Remove(sctx, prep); rerr != nil {
 			log.G(ctx).WithError(rerr).WithField("key", prep).Warn("removing an unused mirror failed")
 		}
 		if !errdefs.IsAlreadyExists(err) { // made meanwhile, for another unpack

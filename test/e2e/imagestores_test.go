@@ -161,3 +161,63 @@ func dirTree(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// TestDaemonImageStore: with image_store set, containerd's import unpacks
+// the layers into the image store, with the blobs, and containers run
+// from the root on them; removing the image empties both.
+func TestDaemonImageStore(t *testing.T) {
+	if baseline {
+		t.Skip("the image store is cs-snapshotter's")
+	}
+	e := NewEnv(t)
+	images := filepath.Join(e.Dir, "image-store")
+	if err := os.WriteFile(e.CSConfig, []byte(fmt.Sprintf("image_store = %q\n", images)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.StopDaemon()
+	e.StartDaemon()
+	e.ImportImage(imageArchive)
+	count := func(root string) int {
+		entries, _ := os.ReadDir(filepath.Join(root, "snapshots"))
+		return len(entries)
+	}
+	if n := count(images); n != len(image.Layers) {
+		t.Errorf("the image store holds %d snapshots, want the image's %d layers", n, len(image.Layers))
+	}
+	if n := count(e.CSRoot); n != 0 {
+		t.Errorf("the root holds %d snapshots after the import", n)
+	}
+	for d := range image.Blobs {
+		if _, err := os.Stat(filepath.Join(images, "content", "blobs", "sha256", d.Encoded())); err != nil {
+			t.Errorf("blob %s is not in the image store: %v", d, err)
+		}
+	}
+	out := e.MustCtr("run", "--rm", "--snapshotter", "cs", imageName, e.ID("split"), "sh", "-c", layerCheckScript)
+	wantOutput(t, "layer check on the image store's layers", out, layerCheckWant)
+	e.checkChain(image.ChainIDs())
+
+	// A container's writes are in the root.
+	id := e.ID("split-write")
+	e.MustCtr("run", "--snapshotter", "cs", imageName, id, "sh", "-c", "echo kept > /kept")
+	found := ""
+	filepath.Walk(filepath.Join(e.CSRoot, "snapshots"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Name() == "kept" {
+			found = p
+		}
+		return nil
+	})
+	if found == "" {
+		t.Error("the container's write is not under the root's snapshots")
+	}
+	e.MustCtr("containers", "rm", id)
+
+	// cs-snapshotter check through the daemon finds nothing wrong.
+	if out, err := exec.Command(csBin, "--graph", e.CSRoot, "--run", filepath.Join(e.Dir, "cli-run"), "check").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("cs-snapshotter check: %v\n%s", err, out)
+	}
+
+	e.MustCtr("images", "rm", "--sync", imageName)
+	if n := count(images) + count(e.CSRoot); n != 0 {
+		t.Errorf("after the image went the roots hold %d snapshots", n)
+	}
+}
