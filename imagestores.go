@@ -76,17 +76,21 @@ func CheckImageStores(o StoreOptions) error {
 	return nil
 }
 
-// CheckNoImageStores refuses any image store, separate or additional, for
-// what (e.g. "the daemon") that does not take them yet (issue 8).
-func CheckNoImageStores(o StoreOptions, what string) error {
-	list := imageStoreOptions(o)
-	if len(list) == 0 {
-		return nil
+// ImageStorePath is an image store the options name.
+type ImageStorePath struct {
+	Path string
+	// Separate: the separate writable image store; otherwise a read-only
+	// additional one.
+	Separate bool
+}
+
+// ImageStorePaths lists the image stores o names, however it names them
+// (ImageStore, ROImageStores, overlay.imagestore options), so a daemon can
+// be given the same ones.
+func ImageStorePaths(o StoreOptions) []ImageStorePath {
+	var list []ImageStorePath
+	for _, s := range imageStoreOptions(o) {
+		list = append(list, ImageStorePath{Path: s.path, Separate: s.separate})
 	}
-	s := list[0]
-	kind := "additional image store"
-	if s.separate {
-		kind = "image store"
-	}
-	return &unsupportedError{msg: fmt.Sprintf("%s %s (%s): not supported yet by %s (issue 8)", kind, s.path, s.option, what)}
+	return list
 }

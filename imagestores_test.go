@@ -13,7 +13,7 @@ import (
 // An additional store that is not a store (here: missing) is refused,
 // naming the option and the path, before anything is made on disk (the
 // separate image store's bad input: imagestore_separate_test.go).
-func TestImageStoresNotSupportedYet(t *testing.T) {
+func TestBadAdditionalImageStores(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		set  func(o *StoreOptions)
@@ -53,7 +53,31 @@ func TestImageStoresNotSupportedYet(t *testing.T) {
 		})
 	}
 	// Empty values name no store, as in containers/storage.
-	if err := CheckImageStores(StoreOptions{ROImageStores: []string{""}, GraphDriverOptions: []string{"overlay.imagestore=", "overlay.mountopt=nodev"}}); err != nil {
+	empty := StoreOptions{ROImageStores: []string{""}, GraphDriverOptions: []string{"overlay.imagestore=", "overlay.mountopt=nodev"}}
+	if err := CheckImageStores(empty); err != nil {
 		t.Error(err)
+	}
+	if got := ImageStorePaths(empty); len(got) != 0 {
+		t.Errorf("ImageStorePaths of empty values: %v", got)
+	}
+}
+
+// ImageStorePaths names every store however the options name it, the
+// separate one first, so serve can hand the same ones to the daemon.
+func TestImageStorePaths(t *testing.T) {
+	o := StoreOptions{
+		ImageStore:         "/srv/images",
+		ROImageStores:      []string{"/mnt/nfs/a/"},
+		GraphDriverOptions: []string{"overlay.mountopt=nodev", "overlay.imagestore=/mnt/b,/mnt/c", "overlay.additionalimagestores=/mnt/d"},
+	}
+	want := []ImageStorePath{{"/srv/images", true}, {"/mnt/nfs/a", false}, {"/mnt/b", false}, {"/mnt/c", false}, {"/mnt/d", false}}
+	got := ImageStorePaths(o)
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("%d: got %v, want %v", i, got[i], want[i])
+		}
 	}
 }

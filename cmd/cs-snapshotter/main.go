@@ -178,10 +178,6 @@ func rawServe(ctx context.Context, g *globalOptions, set *flagSet, args []string
 	if err := checkDriver(o.GraphDriverName); err != nil {
 		return err
 	}
-	// The daemon has no image stores yet either.
-	if err := storage.CheckNoImageStores(o, "cs-snapshotter serve"); err != nil {
-		return err
-	}
 	// What the flags or the storage.conf set; the rest is the daemon's
 	// own configuration.
 	var file storageconf.Options
@@ -194,6 +190,13 @@ func rawServe(ctx context.Context, g *globalOptions, set *flagSet, args []string
 	}
 	if set.isSet("--run") || file.RunRoot != "" {
 		pre = append(pre, "--run-root", o.RunRoot)
+	}
+	for _, s := range storage.ImageStorePaths(o) {
+		if s.Separate {
+			pre = append(pre, "--image-store", s.Path)
+		} else {
+			pre = append(pre, "--additional-image-store", s.Path)
+		}
 	}
 	if g.debug {
 		pre = append(pre, "--log-level", "debug")

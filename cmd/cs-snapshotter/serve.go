@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -27,7 +28,10 @@ func runServe(ctx context.Context, args []string) error {
 		runRoot    = fs.String("run-root", "", "`directory` for state that does not survive a reboot (default "+config.DefaultRunRoot+")")
 		address    = fs.String("address", "", "unix socket `path` (default <run-root>/"+config.SocketName+")")
 		logLevel   = fs.String("log-level", "", "log `level`: trace, debug, info, warn, error (default "+config.DefaultLogLevel+")")
+		imageStore = fs.String("image-store", "", "separate image store root `directory` (config image_store)")
+		roStores   stringList
 	)
+	fs.Var(&roStores, "additional-image-store", "read-only image store root `directory`, repeatable (config additional_image_stores)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,10 +45,13 @@ func runServe(ctx context.Context, args []string) error {
 		return err
 	}
 	// Flags override the file.
-	for flagValue, field := range map[*string]*string{root: &cfg.Root, runRoot: &cfg.RunRoot, address: &cfg.GRPC.Address, logLevel: &cfg.LogLevel} {
+	for flagValue, field := range map[*string]*string{root: &cfg.Root, runRoot: &cfg.RunRoot, address: &cfg.GRPC.Address, logLevel: &cfg.LogLevel, imageStore: &cfg.ImageStore} {
 		if *flagValue != "" {
 			*field = *flagValue
 		}
+	}
+	if len(roStores) > 0 {
+		cfg.AdditionalImageStores = roStores
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -175,3 +182,9 @@ func runConfig(_ context.Context, args []string) error {
 	}
 	return toml.NewEncoder(os.Stdout).Encode(config.Default())
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }

@@ -217,7 +217,8 @@ mount_program = "/usr/bin/fuse-overlayfs"
 	// not creatable) and additional ones that are not stores (here:
 	// missing) are refused: a clear error naming the option and the path,
 	// exit 1 as containers-storage's "error initializing", and the store
-	// as it was. serve takes none yet, and --containerd no separate one.
+	// as it was; serve hands them to the daemon, which refuses them
+	// too. --containerd takes none yet.
 	roConf := write("ro.conf", "[storage]\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\n[storage.options]\nadditionalimagestores = [\"/mnt/nfs/images\", \"/mnt/ro\"]\n")
 	notDir := filepath.Join(write("not-a-dir", ""), "images")
 	isConf := write("is.conf", "[storage]\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\nimagestore = \""+notDir+"\"\n")
@@ -230,11 +231,11 @@ mount_program = "/usr/bin/fuse-overlayfs"
 		{[]string{"--storage-conf", isConf, "layers"}, "image store " + notDir + " (--image-store, storage.conf imagestore): create root: mkdir " + filepath.Dir(notDir) + ": not a directory"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", s.graph, "layers"}, "image store " + s.graph + " (--image-store, storage.conf imagestore): it is the store's graph root"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", "/srv/images", "--containerd", "/nonexistent.sock", "layers"}, "image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)"},
-		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", "/srv/images", "serve"}, "serve: image store /srv/images (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter serve (issue 8)"},
+		{[]string{"--graph", s.graph, "--run", s.run, "--image-store", s.graph, "serve"}, "serve: image_store: \"" + s.graph + "\" is the root itself"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--storage-opt", "overlay.imagestore=/mnt/a", "--storage-opt", "overlay.imagestore=/mnt/b", "layers"}, "additional image store /mnt/a (storage option overlay.imagestore): /mnt/a does not exist"},
 		{[]string{"--graph", s.graph, "--run", s.run, "--storage-opt", "overlay.additionalimagestores=/mnt/c,/mnt/d", "create-layer"}, "additional image store /mnt/c (storage option overlay.additionalimagestores): /mnt/c does not exist"},
 		{[]string{"--graph", s.graph, "--run", s.run, "layers", "--image-store", s.graph + "/"}, "image store " + s.graph},
-		{[]string{"--storage-conf", roConf, "serve"}, "serve: additional image store /mnt/nfs/images (storage.conf additionalimagestores): not supported yet by cs-snapshotter serve (issue 8)"},
+		{[]string{"--storage-conf", roConf, "serve"}, "serve: additional image store /mnt/nfs/images (additional_image_stores): "},
 	} {
 		r := runCLI(t, nil, tc.args...)
 		if r.code != 1 || r.stdout != "" || r.stderr != "cs-snapshotter: "+tc.want+"\n" && !strings.HasPrefix(r.stderr, "cs-snapshotter: "+tc.want) {
@@ -289,11 +290,16 @@ mount_program = "/usr/bin/fuse-overlayfs"
 }
 
 // serve takes the storage.conf's graphroot and runroot as --root and
-// --run-root.
+// --run-root, and its imagestore and additionalimagestores as the daemon's
+// image_store and additional_image_stores.
 func TestCLIServeStorageConf(t *testing.T) {
 	s := newCLIStore(t)
+	ro := newCLIStore(t)
+	roLayer := createdID(t, ro.ok("create-layer", "-n", "shared"), "shared")
+	images := filepath.Join(t.TempDir(), "images")
 	conf := filepath.Join(t.TempDir(), "storage.conf")
-	if err := os.WriteFile(conf, []byte("[storage]\ndriver = \"overlay\"\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\n"), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte("[storage]\ndriver = \"overlay\"\ngraphroot = \""+s.graph+"\"\nrunroot = \""+s.run+"\"\nimagestore = \""+images+"\"\n"+
+		"[storage.options]\nadditionalimagestores = [\""+ro.graph+"\"]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{stderr: &bytes.Buffer{}, exited: make(chan struct{})}
@@ -322,5 +328,17 @@ func TestCLIServeStorageConf(t *testing.T) {
 	createdID(t, s.ok("create-layer", "-n", "x"), "x")
 	if r := s.expect(0, "", "status"); !strings.Contains(r.stderr, "Store: daemon") {
 		t.Errorf("status: %s", r)
+	}
+	// The daemon holds the image store, and serves the read-only one:
+	// the CLI through it sees the read-only store's layer.
+	lock, err := os.ReadFile(filepath.Join(images, "lock"))
+	if err != nil || !strings.Contains(string(lock), "cs-snapshotter serve") {
+		t.Errorf("image store lock: %q %v", lock, err)
+	}
+	if out := s.ok("layers", "-q"); !strings.Contains(out, roLayer) {
+		t.Errorf("layers through the daemon do not show the read-only store's %s:\n%s", roLayer, out)
+	}
+	if out := ro.ok("layers", "-q"); out != roLayer+"\n" {
+		t.Errorf("the read-only store changed: %q", out)
 	}
 }
