@@ -239,7 +239,9 @@ func openOrWait(ctx context.Context, cfg config.Config) (*daemon.Daemon, error) 
 	for {
 		d, err := daemon.Open(ctx, cfg, daemon.Holder{What: holderName()})
 		var inUse *daemon.InUseError
-		if err == nil || !errors.As(err, &inUse) || inUse.Holder.Address != "" || time.Now().After(deadline) {
+		// A daemon (with an address, or holding this root as its image
+		// store) keeps it: no use waiting.
+		if err == nil || !errors.As(err, &inUse) || inUse.Holder.Address != "" || inUse.Holder.ImageStoreOf != "" || time.Now().After(deadline) {
 			return d, err
 		}
 		time.Sleep(delay)

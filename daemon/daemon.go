@@ -115,7 +115,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 		icfg.Root, icfg.ImageStore, icfg.AdditionalImageStores = cfg.ImageStore, "", nil
 		// No address: a store opening it must not take this daemon's
 		// union of both roots for the image store alone.
-		if d.img, err = Open(ctx, icfg, Holder{What: holder.What + " (the image store of " + root + ")"}); err != nil {
+		if d.img, err = Open(ctx, icfg, Holder{What: holder.What, ImageStoreOf: root}); err != nil {
 			return nil, fmt.Errorf("image store %s (image_store): %w", cfg.ImageStore, err)
 		}
 		// Either root's unpacking reads the blobs of both.

@@ -26,6 +26,9 @@ type Holder struct {
 	// serves with the root, so a store reaching the root through it
 	// reads them too.
 	ImageStores []string `json:"image_stores,omitempty"`
+	// ImageStoreOf is the root of the daemon holding this root as its
+	// image_store; that daemon serves the two only as one.
+	ImageStoreOf string `json:"image_store_of,omitempty"`
 }
 
 func (h Holder) String() string {
@@ -43,6 +46,9 @@ type InUseError struct {
 }
 
 func (e *InUseError) Error() string {
+	if e.Holder.ImageStoreOf != "" {
+		return fmt.Sprintf("root %s is in use by %s as the image store of %s: open %s instead, which shows both", e.Root, e.Holder, e.Holder.ImageStoreOf, e.Holder.ImageStoreOf)
+	}
 	return fmt.Sprintf("root %s is in use by %s", e.Root, e.Holder)
 }
 

@@ -341,4 +341,26 @@ func TestCLIServeStorageConf(t *testing.T) {
 	if out := ro.ok("layers", "-q"); out != roLayer+"\n" {
 		t.Errorf("the read-only store changed: %q", out)
 	}
+	// The daemon serves its image store only with the root: opening it
+	// alone, or naming it as the store's image store too, fails at once
+	// (no waiting for the lock) saying which root to open, and changes
+	// nothing.
+	before := s.ok("layers", "-q")
+	want := "root " + images + " is in use by pid "
+	for _, args := range [][]string{
+		{"--graph", images, "--run", filepath.Join(t.TempDir(), "run"), "layers"},
+		{"--graph", s.graph, "--run", s.run, "--image-store", images, "layers"},
+	} {
+		start := time.Now()
+		r := runCLI(t, nil, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "as the image store of "+s.graph+": open "+s.graph+" instead") {
+			t.Errorf("%q: %s; want exit 1 and %q... as the image store of %s", args, r, want, s.graph)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%q took %v: it waited for the daemon's lock", args, d)
+		}
+	}
+	if after := s.ok("layers", "-q"); after != before {
+		t.Errorf("the refused opens changed the store:\n%s\n%s", before, after)
+	}
 }
