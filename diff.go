@@ -326,6 +326,10 @@ type closers struct {
 	after func()
 }
 
+// WriteTo lets io.Copy use the stream's own WriteTo (a reassembly writes
+// straight into the destination).
+func (c *closers) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, c.ReadCloser) }
+
 func (c *closers) Close() error {
 	err := c.ReadCloser.Close()
 	c.after()

@@ -433,14 +433,15 @@ func (v *vetter) checkReassembly(recorded []payload, disturbed bool) {
 		return
 	}
 	defer unix.Close(rootFd)
+	in := newInRoot(rootFd, v.root)
+	defer in.close()
 	for i, ts := range recorded {
 		ex := v.payloads[i]
-		got, parentFd, _, err := statRegularInRoot(rootFd, v.root, ts.name)
+		got, _, _, err := in.statRegular(ts.name)
 		if err != nil {
 			v.markNotReproducible("content of %q: %v", ts.name, err)
 			return
 		}
-		unix.Close(parentFd)
 		var want unix.Stat_t
 		if err := unix.Lstat(ex.path, &want); err != nil {
 			v.markNotReproducible("content of %q: %v", ts.name, err)

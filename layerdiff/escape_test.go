@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -431,5 +432,56 @@ func TestReassembleClose(t *testing.T) {
 	}
 	if _, err := rc.Read(buf); err == nil {
 		t.Error("read after Close")
+	}
+}
+
+// TestReassembleChangedFile: a file of the layer whose content or size
+// changed since it was applied fails the reassembly, naming it, rather
+// than yield other bytes; Close without reading releases everything.
+func TestReassembleChangedFile(t *testing.T) {
+	requireRoot(t)
+	data := buildTar(t, []entry{fileE("dir/a", "first file"), fileE("dir/b", "second file")}, nil)
+	for _, tc := range []struct {
+		name   string
+		change func(path string) error
+		want   []string
+	}{
+		{"grown", func(p string) error { return os.WriteFile(p, []byte("second file, longer"), 0o644) }, []string{"dir/b", "19 bytes, the tar recorded 11"}},
+		{"truncated", func(p string) error { return os.Truncate(p, 3) }, []string{"dir/b", "3 bytes"}},
+		{"same size, other bytes", func(p string) error { return os.WriteFile(p, []byte("SECOND FILE"), 0o644) }, []string{"checksum", "dir/b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := applyLayer(t, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.change(filepath.Join(a.dir, "dir", "b")); err != nil {
+				t.Fatal(err)
+			}
+			got, err := reassemble(t, a.dir, a.tarSplit)
+			if !errContains(err, tc.want...) {
+				t.Errorf("error %v, want one naming %q", err, tc.want)
+			}
+			if bytes.Contains(got, []byte("SECOND")) || bytes.Contains(got, []byte("longer")) {
+				t.Errorf("the changed content came out: %q", got)
+			}
+			if a, err := os.ReadFile(filepath.Join(a.dir, "dir", "a")); err != nil || string(a) != "first file" {
+				t.Errorf("the layer's other file: %q %v", a, err)
+			}
+		})
+	}
+	a, err := applyLayer(t, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := Reassemble(a.dir, bytes.NewReader(a.tarSplit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Close(); err != nil {
+		t.Errorf("Close before any read: %v", err)
+	}
+	if n, err := io.Copy(io.Discard, rc); n != 0 || err == nil {
+		t.Errorf("copy after Close: %d bytes, %v", n, err)
 	}
 }

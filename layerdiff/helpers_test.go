@@ -138,17 +138,36 @@ func applyLayer(t testing.TB, blob []byte) (applied, error) {
 	return applied{res: res, tarSplit: ts.Bytes(), dir: dir}, err
 }
 
+// Both ways out are checked: Read (through the goroutine's pipe) and
+// WriteTo (straight into the destination), which must agree.
 func reassemble(t testing.TB, dir string, tarSplit []byte) ([]byte, error) {
 	t.Helper()
-	rc, err := Reassemble(dir, bytes.NewReader(tarSplit))
-	if err != nil {
-		return nil, err
+	var data [2][]byte
+	var errs [2]error
+	for i, out := range []func(io.Reader) ([]byte, error){
+		io.ReadAll,
+		func(r io.Reader) ([]byte, error) {
+			var b bytes.Buffer
+			n, err := r.(io.WriterTo).WriteTo(&b)
+			if err == nil && n != int64(b.Len()) {
+				t.Errorf("WriteTo said %d bytes, wrote %d", n, b.Len())
+			}
+			return b.Bytes(), err
+		},
+	} {
+		rc, err := Reassemble(dir, bytes.NewReader(tarSplit))
+		if err != nil {
+			return nil, err
+		}
+		data[i], errs[i] = out(rc)
+		if cerr := rc.Close(); errs[i] == nil && cerr != nil {
+			t.Errorf("closing reassembly: %v", cerr)
+		}
 	}
-	data, err := io.ReadAll(rc)
-	if cerr := rc.Close(); err == nil && cerr != nil {
-		t.Errorf("closing reassembly: %v", cerr)
+	if (errs[0] == nil) != (errs[1] == nil) || errs[0] == nil && !bytes.Equal(data[0], data[1]) {
+		t.Errorf("Read and WriteTo disagree: %d bytes, %v; %d bytes, %v", len(data[0]), errs[0], len(data[1]), errs[1])
 	}
-	return data, err
+	return data[0], errs[0]
 }
 
 // checkRoundTrip applies blob (tarData compressed), then checks digests,

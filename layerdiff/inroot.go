@@ -3,6 +3,7 @@ package layerdiff
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -69,39 +70,76 @@ func openParentInRoot(rootFd int, root, dir string) (int, error) {
 	return -1, &os.PathError{Op: "openat2", Path: filepath.Join(root, dir), Err: unix.EAGAIN}
 }
 
-// statRegularInRoot returns the stat of the regular file that name (a tar
-// entry name) designates under the root, and an O_PATH descriptor of its
-// parent directory, which the caller closes.
-func statRegularInRoot(rootFd int, root, name string) (st unix.Stat_t, parentFd int, base string, err error) {
+// inRoot looks names up under a root, keeping the O_PATH descriptor of the
+// directory it looked in last: a tar lists a directory's files together,
+// so most lookups skip the openat2 of their parent. close releases it.
+type inRoot struct {
+	rootFd int
+	root   string
+	dir    string
+	dirFd  int // -1: none
+}
+
+func newInRoot(rootFd int, root string) *inRoot {
+	return &inRoot{rootFd: rootFd, root: root, dirFd: -1}
+}
+
+func (r *inRoot) close() {
+	if r.dirFd >= 0 {
+		unix.Close(r.dirFd)
+		r.dirFd = -1
+	}
+}
+
+// parent returns the descriptor of directory dir under the root, which
+// r keeps.
+func (r *inRoot) parent(dir string) (int, error) {
+	if r.dirFd >= 0 && r.dir == dir {
+		return r.dirFd, nil
+	}
+	fd, err := openParentInRoot(r.rootFd, r.root, dir)
+	if err != nil {
+		return -1, err
+	}
+	r.close()
+	r.dir, r.dirFd = dir, fd
+	return fd, nil
+}
+
+// statRegular returns the stat of the regular file that name (a tar entry
+// name) designates under the root, the descriptor of its parent directory
+// (r's) and its base name.
+func (r *inRoot) statRegular(name string) (st unix.Stat_t, parentFd int, base string, err error) {
 	dir, base, ok := splitInRoot(name)
 	if !ok {
 		return st, -1, "", errors.New("names the layer root, not a file")
 	}
-	parentFd, err = openParentInRoot(rootFd, root, dir)
+	parentFd, err = r.parent(dir)
 	if err != nil {
 		return st, -1, "", err
 	}
 	if err := unix.Fstatat(parentFd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		unix.Close(parentFd)
 		return st, -1, "", &os.PathError{Op: "lstat", Path: name, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(parentFd)
 		return st, -1, "", fmt.Errorf("is not a regular file (mode %#o)", st.Mode)
 	}
 	return st, parentFd, base, nil
 }
 
-// openRegularInRoot opens for reading the regular file that name designates
-// under the root. Anything else — a symlink, a directory, a fifo, a device —
-// is an error: opening a device can have side effects, reading a fifo can
-// block forever.
-func openRegularInRoot(rootFd int, root, name string) (*os.File, error) {
-	st, parentFd, base, err := statRegularInRoot(rootFd, root, name)
+// openRegular opens for reading the regular file of size bytes that name
+// designates under the root. Anything else (a symlink, a directory, a
+// fifo, a device, a file of another size) is an error: opening a device
+// can have side effects, reading a fifo can block forever, and a file
+// that changed size is not the one the tar-split recorded.
+func (r *inRoot) openRegular(name string, size int64) (*regularFile, error) {
+	st, parentFd, base, err := r.statRegular(name)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(parentFd)
+	if st.Size != size {
+		return nil, fmt.Errorf("is %d bytes, the tar recorded %d", st.Size, size)
+	}
 	// O_NONBLOCK so that, should the file have been swapped for a fifo
 	// since the stat, open does not wait for a writer; the fstat below then
 	// refuses it.
@@ -118,8 +156,42 @@ func openRegularInRoot(rootFd int, root, name string) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%q changed while being opened", name)
 	}
-	return os.NewFile(uintptr(fd), filepath.Join(root, relName(name))), nil
+	return &regularFile{fd: fd, left: size, name: name}, nil
 }
+
+// regularFile reads a regular file by its descriptor, up to the size its
+// stat gave: an os.File would cost a poller registration and a finalizer,
+// and a last read to find the end, per file of a layer of tens of
+// thousands.
+type regularFile struct {
+	fd   int
+	left int64
+	name string
+}
+
+func (f *regularFile) Read(p []byte) (int, error) {
+	if f.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > f.left {
+		p = p[:f.left]
+	}
+	for {
+		n, err := unix.Read(f.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, &os.PathError{Op: "read", Path: f.name, Err: err}
+		case n == 0:
+			return 0, fmt.Errorf("%q: %w (%d bytes short)", f.name, io.ErrUnexpectedEOF, f.left)
+		}
+		f.left -= int64(n)
+		return n, nil
+	}
+}
+
+func (f *regularFile) Close() error { return unix.Close(f.fd) }
 
 // relName is the cleaned relative form of a tar entry name.
 func relName(name string) string {

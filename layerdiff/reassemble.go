@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/vbatts/tar-split/tar/asm"
@@ -25,7 +26,9 @@ import (
 // Files are looked up in dir the way Apply placed them, symlinks resolved
 // within dir, so a crafted tar-split cannot read anything outside it, nor
 // open a device or fifo. Close stops the reassembly and waits for it; the
-// caller keeps tarSplit open until then.
+// caller keeps tarSplit open until then. Read and Close may be called from
+// different goroutines; WriteTo (which io.Copy uses, writing in the
+// caller's goroutine without a pipe) is done before it returns.
 func Reassemble(dir string, tarSplit io.Reader) (io.ReadCloser, error) {
 	root, err := filepath.Abs(dir)
 	if err != nil {
@@ -40,49 +43,137 @@ func Reassemble(dir string, tarSplit io.Reader) (io.ReadCloser, error) {
 		zr.Close()
 		return nil, fmt.Errorf("layerdiff: reassemble: %w", &os.PathError{Op: "open", Path: root, Err: err})
 	}
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	// asm.NewOutputTarStream is this goroutine around the same
-	// asm.WriteOutputTarStream, but it cannot say when it is finished with
-	// the getter; here the root descriptor is closed only after it is.
-	go func() {
-		defer close(done)
-		defer unix.Close(rootFd)
-		defer zr.Close()
-		ahead := newReadAhead(storage.NewJSONUnpacker(zr), rootFd, root)
-		// Writes go to the pipe in large batches rather than one per
-		// header and per payload chunk, each waiting for the reader.
-		bw := bufio.NewWriterSize(pw, 256<<10)
-		err := asm.WriteOutputTarStream(ahead, ahead, bw)
-		if err == nil {
-			err = bw.Flush()
-		}
-		ahead.stop()
-		if err != nil {
-			err = fmt.Errorf("layerdiff: reassembling layer from %s: %w", root, err)
-		}
-		pw.CloseWithError(err)
-	}()
-	return &reassembly{PipeReader: pr, done: done}, nil
+	return &reassembly{root: root, rootFd: rootFd, zr: zr}, nil
 }
 
+// reassembly writes the tar straight into the destination when the
+// caller copies it out whole (WriteTo, which io.Copy prefers), so the bytes
+// are not handed through a pipe and another buffer; a caller that Reads
+// gets them from a goroutine through a pipe.
 type reassembly struct {
-	*io.PipeReader
-	done chan struct{}
+	root   string
+	rootFd int
+	zr     *gzip.Reader
+
+	mu    sync.Mutex
+	state reassemblyState
+	pr    *io.PipeReader // of a Read's goroutine
+	done  chan struct{}  // closed when that goroutine ends
 }
 
-// Close stops the goroutine (its next write fails) and waits for it, so that
-// neither dir nor the tar-split reader is used after Close returns.
+// reassemblyState is how the reassembly was first used; from then on write
+// owns rootFd and zr, or Close released them.
+type reassemblyState int8
+
+const (
+	unstarted   reassemblyState = iota
+	piped                       // by Read: a goroutine writes into pr
+	written                     // by WriteTo
+	closedEarly                 // by Close, before any read
+)
+
+// write writes the tar to w and releases the root descriptor and the
+// tar-split reader: asm.NewOutputTarStream runs the same
+// asm.WriteOutputTarStream, but cannot say when it is done with the getter.
+func (r *reassembly) write(w io.Writer) (int64, error) {
+	defer unix.Close(r.rootFd)
+	defer r.zr.Close()
+	ahead := newReadAhead(storage.NewJSONUnpacker(r.zr), r.rootFd, r.root)
+	// Writes go out in large batches rather than one per header and per
+	// payload chunk.
+	cw := &countWriter{w: w}
+	bw := bufio.NewWriterSize(cw, 256<<10)
+	err := asm.WriteOutputTarStream(ahead, ahead, bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	ahead.stop()
+	if err != nil {
+		err = fmt.Errorf("layerdiff: reassembling layer from %s: %w", r.root, err)
+	}
+	return cw.n, err
+}
+
+// begin returns the state before this call, having moved an unstarted
+// reassembly to next (starting the goroutine of piped).
+func (r *reassembly) begin(next reassemblyState) (reassemblyState, *io.PipeReader) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := r.state
+	if was != unstarted {
+		return was, r.pr
+	}
+	r.state = next
+	if next == piped {
+		var pw *io.PipeWriter
+		r.pr, pw = io.Pipe()
+		r.done = make(chan struct{})
+		go func() {
+			defer close(r.done)
+			_, err := r.write(pw)
+			pw.CloseWithError(err)
+		}()
+	}
+	return was, r.pr
+}
+
+func (r *reassembly) Read(p []byte) (int, error) {
+	switch was, pr := r.begin(piped); was {
+	case written:
+		return 0, io.EOF
+	case closedEarly:
+		return 0, io.ErrClosedPipe
+	default:
+		return pr.Read(p)
+	}
+}
+
+// WriteTo writes the rest of the tar to w.
+func (r *reassembly) WriteTo(w io.Writer) (int64, error) {
+	switch was, pr := r.begin(written); was {
+	case unstarted:
+		return r.write(w)
+	case piped:
+		return io.Copy(w, pr)
+	case closedEarly:
+		return 0, io.ErrClosedPipe
+	default:
+		return 0, nil
+	}
+}
+
+// Close stops the goroutine of a read (its next write fails) and waits for
+// it, so that neither dir nor the tar-split reader is used after Close
+// returns.
 func (r *reassembly) Close() error {
-	err := r.PipeReader.Close()
-	<-r.done
-	return err
+	switch was, pr := r.begin(closedEarly); was {
+	case unstarted:
+		unix.Close(r.rootFd)
+		return r.zr.Close()
+	case piped:
+		err := pr.Close()
+		<-r.done
+		return err
+	default:
+		return nil
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // readAhead is the storage.Unpacker and storage.FileGetter of a
 // reassembly. A goroutine of its own reads the tar-split entries ahead of
 // the writer, opens the files they name (resolved within the root, as
-// openRegularInRoot) and asks the kernel to read their first megabyte in
+// inRoot.openRegular) and asks the kernel to read their first megabyte in
 // (POSIX_FADV_WILLNEED), so that from a cold cache many reads are in
 // flight instead of one file's at a time. Get hands over the file opened
 // for the entry Next returned last.
@@ -95,7 +186,7 @@ type readAhead struct {
 
 type aheadEntry struct {
 	entry *storage.Entry
-	file  *os.File
+	file  *regularFile
 	err   error // of Next, or of opening file (openErr)
 	open  error
 }
@@ -113,13 +204,15 @@ func newReadAhead(up storage.Unpacker, rootFd int, root string) *readAhead {
 	}
 	go func() {
 		defer close(a.ended)
+		in := newInRoot(rootFd, root)
+		defer in.close()
 		for {
 			e, err := up.Next()
 			ae := aheadEntry{entry: e, err: err}
 			if err == nil && e.Type == storage.FileType && e.Size > 0 {
-				ae.file, ae.open = openRegularInRoot(rootFd, root, e.GetName())
+				ae.file, ae.open = in.openRegular(e.GetName(), e.Size)
 				if ae.open == nil {
-					unix.Fadvise(int(ae.file.Fd()), 0, min(e.Size, readAheadBytes), unix.FADV_WILLNEED)
+					unix.Fadvise(ae.file.fd, 0, min(e.Size, readAheadBytes), unix.FADV_WILLNEED)
 				}
 			}
 			select {
