@@ -78,7 +78,7 @@ const (
 func (r *reassembly) write(w io.Writer) (int64, error) {
 	defer unix.Close(r.rootFd)
 	defer r.zr.Close()
-	ahead := newReadAhead(storage.NewJSONUnpacker(r.zr), r.rootFd, r.root)
+	ahead := newReadAhead(newTarSplitEntries(r.zr), r.rootFd, r.root)
 	// Writes go out in large batches rather than one per header and per
 	// payload chunk.
 	cw := &countWriter{w: w}
