@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"path"
 	"path/filepath"
 	"slices"
@@ -25,6 +24,7 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
 	"github.com/cs-snapshotter/cs-snapshotter/overlayutils"
+	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
 // roStore is one additional read-only image store: the store code reading
@@ -859,19 +859,8 @@ func (m *multiStore) mirror(r *roStore, ref string) (string, error) {
 			return "", err
 		}
 		labels := map[string]string{cslabels.Owned: "store", cslabels.ReadOnlyStore: r.path, cslabels.ReadOnlyDir: dir}
-		prep := internalPrefix + "ro-prep/" + newID()
-		// Marked incomplete until committed: a kill in between leaves
-		// what the root's next opening removes.
-		prepLabels := maps.Clone(labels)
-		prepLabels[cslabels.Incomplete] = "mirroring"
-		if _, err := m.store.sn.Prepare(m.ctx, prep, parentKey, snapshots.WithLabels(prepLabels)); err != nil {
+		if err := snapshotter.CommitMirror(m.ctx, m.store.sn, key, internalPrefix+"ro-prep/"+newID(), parentKey, labels); err != nil {
 			return "", mapErr(fmt.Errorf("mirror layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
-		}
-		if err := m.store.sn.Commit(m.ctx, key, prep, snapshots.WithLabels(labels)); err != nil {
-			m.store.deleteSnapshot(prep)
-			if !errdefs.IsAlreadyExists(err) { // made meanwhile by another
-				return "", mapErr(fmt.Errorf("mirror layer %s of %s %s: %w", rec.ID, r.kind(), r.path, err))
-			}
 		}
 		parentKey = key
 	}

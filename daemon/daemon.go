@@ -118,27 +118,33 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 		if d.img, err = Open(ctx, icfg, Holder{What: holder.What, ImageStoreOf: root}); err != nil {
 			return nil, fmt.Errorf("image store %s (image_store): %w", cfg.ImageStore, err)
 		}
-		// Either root's unpacking reads the blobs of both.
-		blobs := d.containerdContent()
-		d.diff = differ.New(d.sn, blobs, d.db, cfg.Snapshotter.MaxLayerSize)
-		d.img.diff = differ.New(d.img.sn, blobs, d.img.db, cfg.Snapshotter.MaxLayerSize)
+		// Either root's unpacking reads the blobs of both, and writes
+		// the tar-splits of its layers to its own root: that root's
+		// start releases those of snapshots it does not have.
+		d.diff = differ.New(d.sn, splitContent{Store: d.rootContent(), other: d.img.cs}, d.db, cfg.Snapshotter.MaxLayerSize)
+		d.img.diff = differ.New(d.img.sn, d.containerdContent(), d.img.db, cfg.Snapshotter.MaxLayerSize)
 		logSplit(ctx, root, cfg.ImageStore)
 	}
 	return d, nil
 }
 
 // containerdContent is the content store containerd reads through the
-// daemon, the diff service's unpacking included: the root's, and the
-// read-only image stores' blobs it lacks.
+// daemon, the diff service's unpacking included: the root's (rootContent),
+// under the image store's, which blobs are written to, when there is one.
 func (d *Daemon) containerdContent() content.Store {
-	var cs content.Store = d.cs
-	if len(d.stores) > 0 {
-		cs = imageStoreContent{Store: d.cs, stores: d.stores}
-	}
 	if d.img != nil {
-		cs = splitContent{Store: d.img.cs, root: cs}
+		return splitContent{Store: d.img.cs, other: d.rootContent()}
 	}
-	return cs
+	return d.rootContent()
+}
+
+// rootContent is the root's content store, and the read-only image stores'
+// blobs it lacks.
+func (d *Daemon) rootContent() content.Store {
+	if len(d.stores) > 0 {
+		return imageStoreContent{Store: d.cs, stores: d.stores}
+	}
+	return d.cs
 }
 
 // Snapshotter returns the daemon's snapshotter.

@@ -18,11 +18,9 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"maps"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -156,23 +154,8 @@ func (l imageStoreLayers) mirror(ctx context.Context, is *ImageStore, layer *roL
 		cslabels.ReadOnlyDir:        dir,
 		cslabels.UncompressedDigest: layer.diffID.String(),
 	}
-	var b [16]byte
-	rand.Read(b[:])
-	prep := "cs.ro-ctrd-prep/" + hex.EncodeToString(b[:])
-	// Marked incomplete until committed: a daemon killed in between
-	// removes it at its next start.
-	prepLabels := maps.Clone(labels)
-	prepLabels[cslabels.Incomplete] = "mirroring"
-	if _, err := l.root.Prepare(sctx, prep, parent, snapshots.WithLabels(prepLabels)); err != nil {
+	if err := snapshotter.CommitMirror(sctx, l.root, key, "cs.ro-ctrd-prep/"+randomHex(), parent, labels); err != nil {
 		return err
-	}
-	if err := l.root.Commit(sctx, key, prep, snapshots.WithLabels(labels)); err != nil {
-		if rerr := l.root.Remove(sctx, prep); rerr != nil {
-			log.G(ctx).WithError(rerr).WithField("key", prep).Warn("removing an unused mirror failed")
-		}
-		if !errdefs.IsAlreadyExists(err) { // made meanwhile, for another unpack
-			return err
-		}
 	}
 	log.G(ctx).WithFields(log.Fields{"key": key, "store": is.Path, "layer": layer.key}).Debug("mirrored a read-only image store's layer")
 	return nil

@@ -12,10 +12,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"maps"
 	"strings"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
@@ -157,10 +157,23 @@ func (s splitRoot) create(ctx context.Context, key, parent string, opts []snapsh
 	} else if layer {
 		sn = s.img
 	}
-	if view {
-		return sn.View(ctx, key, p, opts...)
+	m, err := prepare(ctx, sn, key, p, opts, view)
+	if errdefs.IsNotFound(err) && p != parent {
+		// The mirror went between its making and this Prepare: the
+		// last snapshot on it was removed meanwhile. Mirror again, once.
+		if p, err = s.mirror(ctx, parent); err != nil {
+			return nil, fmt.Errorf("parent %q in the image store: %w", parent, err)
+		}
+		m, err = prepare(ctx, sn, key, p, opts, view)
 	}
-	return sn.Prepare(ctx, key, p, opts...)
+	return m, err
+}
+
+func prepare(ctx context.Context, sn snapshots.Snapshotter, key, parent string, opts []snapshots.Opt, view bool) ([]mount.Mount, error) {
+	if view {
+		return sn.View(ctx, key, parent, opts...)
+	}
+	return sn.Prepare(ctx, key, parent, opts...)
 }
 
 // mirrorKey is the key of the root's mirror of image store snapshot key.
@@ -203,19 +216,8 @@ func (s splitRoot) mirror(ctx context.Context, key string) (string, error) {
 			return "", err
 		}
 		labels := map[string]string{cslabels.Owned: "daemon", cslabels.ReadOnlyDir: dir, imageKeyLabel: chain[i].Name}
-		prepLabels := maps.Clone(labels)
-		prepLabels[cslabels.Incomplete] = "mirroring"
-		prep := "cs.img-prep/" + strings.TrimPrefix(k, imageMirrorPrefix)
-		if _, err := s.root.Prepare(sctx, prep, parent, snapshots.WithLabels(prepLabels)); err != nil {
-			if !errdefs.IsAlreadyExists(err) {
-				return "", err
-			}
-			// Another call is making it: use it once it is there.
-		} else if err := s.root.Commit(sctx, k, prep, snapshots.WithLabels(labels)); err != nil {
-			s.root.Remove(sctx, prep)
-			if !errdefs.IsAlreadyExists(err) {
-				return "", err
-			}
+		if err := snapshotter.CommitMirror(sctx, s.root, k, "cs.img-prep/"+randomHex(), parent, labels); err != nil {
+			return "", err
 		}
 		parent = k
 	}
@@ -291,19 +293,19 @@ func (s splitRoot) Cleanup(ctx context.Context) error {
 // Close leaves both roots to the daemon.
 func (s splitRoot) Close() error { return nil }
 
-// splitContent is the content store containerd sees with an image store:
-// blobs are written to the image store's, and found in either.
+// splitContent is two content stores as one: blobs are written to Store,
+// and found in either. containerd sees the image store's over the root's;
+// the root's diff service, the other way round.
 type splitContent struct {
-	content.Store // the image store's
-	root          content.Store
+	content.Store
+	other content.Store
 }
 
-// either calls call on the image store's content store, then on the
-// root's while the answer is NotFound.
+// either calls call on Store, then on other while the answer is NotFound.
 func either[T any](c splitContent, call func(content.Store) (T, error)) (T, error) {
 	v, err := call(c.Store)
 	if errdefs.IsNotFound(err) {
-		return call(c.root)
+		return call(c.other)
 	}
 	return v, err
 }
@@ -329,7 +331,7 @@ func (c splitContent) Walk(ctx context.Context, fn content.WalkFunc, filters ...
 	if err := c.Store.Walk(ctx, fn, filters...); err != nil {
 		return err
 	}
-	return c.root.Walk(ctx, fn, filters...)
+	return c.other.Walk(ctx, fn, filters...)
 }
 
 func (c splitContent) Status(ctx context.Context, ref string) (content.Status, error) {
@@ -341,7 +343,7 @@ func (c splitContent) ListStatuses(ctx context.Context, filters ...string) ([]co
 	if err != nil {
 		return nil, err
 	}
-	b, err := c.root.ListStatuses(ctx, filters...)
+	b, err := c.other.ListStatuses(ctx, filters...)
 	return append(a, b...), err
 }
 
@@ -403,4 +405,12 @@ func (d splitDiffer) Diff(ctx context.Context, req *diffapi.DiffRequest) (*diffa
 // logSplit says where the daemon puts what.
 func logSplit(ctx context.Context, root, img string) {
 	log.G(ctx).WithFields(log.Fields{"root": root, "image_store": img}).Info("unpacked layers and blobs go to the image store, containers' snapshots to the root")
+}
+
+// randomHex names a mirror's snapshot while it is prepared, unique to the
+// call.
+func randomHex() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
+	"github.com/cs-snapshotter/cs-snapshotter/cslabels"
 )
 
 // gzTar is a gzip layer holding one file.
@@ -221,4 +223,161 @@ func TestBadSeparateImageStore(t *testing.T) {
 	if _, err := s.client.Snapshotter.Stat(ctx, "kept"); err != nil {
 		t.Errorf("after the failed starts: %v", err)
 	}
+}
+
+// containerdOn is containerd's metadata store (its database in dir) on
+// the daemon s, with the diff service as containerd's unpacker calls it.
+type containerdOn struct {
+	sn      snapshots.Snapshotter
+	cs      content.Store
+	applier diff.Applier
+	close   func()
+}
+
+func newContainerdOn(t *testing.T, ctx context.Context, s *served, dir string) *containerdOn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bdb, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := metadata.NewDB(bdb, s.client.Content, map[string]snapshots.Snapshotter{"cs": s.client.Snapshotter})
+	if err := db.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &containerdOn{
+		sn: db.Snapshotter("cs"), cs: db.ContentStore(),
+		applier: diffproxy.NewDiffApplier(diffapi.NewDiffClient(conn)).(diff.Applier),
+		close:   func() { bdb.Close(); conn.Close() },
+	}
+}
+
+// unpack unpacks a one-file layer on parent as containerd's unpacker does,
+// and returns its chain key.
+func (c *containerdOn) unpack(t *testing.T, ctx context.Context, name, parent string) string {
+	t.Helper()
+	blob := gzTar(t, name, name)
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	if err := content.WriteBlob(ctx, c.cs, "layer-"+name, bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+	ref := digest.FromString(parent + "/" + name).String()
+	key := "extract-" + name
+	mounts, err := c.sn.Prepare(ctx, key, parent, snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": ref}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.applier.Apply(ctx, desc, mounts); err != nil {
+		t.Fatalf("apply layer %s: %v", name, err)
+	}
+	if err := c.sn.Commit(ctx, ref, key); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// A layer unpacked into the root while image_store is set (here: on a
+// layer the root had before) keeps its tar-split in the root, where the
+// root's start looks for the tar-splits of its snapshots: after restarts
+// every tar-split a snapshot of either root names is still there.
+func TestImageStoreRootLayersKeepTarSplits(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	dir := t.TempDir()
+	root, imgRoot := filepath.Join(dir, "root"), filepath.Join(dir, "images")
+	withImages := func(c *config.Config) { c.ImageStore = imgRoot }
+
+	s, err := serve(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newContainerdOn(t, ctx, s, dir)
+	one := c.unpack(t, ctx, "one", "")
+	c.close()
+	s.stop()
+
+	if s, err = serve(ctx, root, withImages); err != nil {
+		t.Fatal(err)
+	}
+	c = newContainerdOn(t, ctx, s, dir)
+	c.unpack(t, ctx, "two", one) // on the root's layer: in the root
+	c.unpack(t, ctx, "three", "")
+	c.close()
+	s.stop()
+
+	for range 2 {
+		if s, err = serve(ctx, root, withImages); err != nil {
+			t.Fatal(err)
+		}
+		tarSplits := 0
+		if err := s.client.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+			d := info.Labels[cslabels.TarSplit]
+			if d == "" {
+				return nil
+			}
+			tarSplits++
+			if _, err := s.client.Content.Info(ctx, digest.Digest(d)); err != nil {
+				t.Errorf("tar-split %s of snapshot %s: %v", d, info.Name, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if tarSplits != 3 {
+			t.Errorf("%d snapshots name a tar-split, want the 3 layers", tarSplits)
+		}
+		s.stop()
+	}
+	if n := len(mustReadDir(t, filepath.Join(root, "snapshots"))); n != 2 {
+		t.Errorf("the root holds %d snapshots, want layers one and two", n)
+	}
+}
+
+// Containers started at once on an image store's layer, again and again
+// (each round's removal prunes the mirrors), all get made: the mirrors'
+// makers do not trip over each other.
+func TestImageStoreConcurrentContainers(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	dir := t.TempDir()
+	s, err := serve(ctx, filepath.Join(dir, "root"), func(c *config.Config) { c.ImageStore = filepath.Join(dir, "images") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	c := newContainerdOn(t, ctx, s, dir)
+	defer c.close()
+	top := c.unpack(t, ctx, "two", c.unpack(t, ctx, "one", ""))
+	for round := range 10 {
+		const n = 4
+		errs := make(chan error, n)
+		for i := range n {
+			go func() {
+				_, err := c.sn.Prepare(ctx, fmt.Sprintf("ctr-%d-%d", round, i), top)
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		for i := range n {
+			if err := c.sn.Remove(ctx, fmt.Sprintf("ctr-%d-%d", round, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func mustReadDir(t *testing.T, dir string) []os.DirEntry {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
 }
