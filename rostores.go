@@ -533,10 +533,16 @@ func (m *multiStore) Mounted(id string) (int, error) {
 // what only a read-only store holds is refused, naming it.
 
 func (m *multiStore) SetNames(id string, names []string) error {
+	if err := validNames(names); err != nil {
+		return err
+	}
 	return m.changeNames(id, func(s *store, id string) error { return s.SetNames(id, names) })
 }
 
 func (m *multiStore) AddNames(id string, names []string) error {
+	if err := validNames(names); err != nil {
+		return err
+	}
 	return m.changeNames(id, func(s *store, id string) error { return s.AddNames(id, names) })
 }
 
@@ -578,7 +584,15 @@ func (m *multiStore) pullUp(r *roStore, id string, change func(*store, string) e
 	if _, err := m.store.CreateImage(img.ID, img.Names, img.TopLayer, img.Metadata, opts); err != nil {
 		return fmt.Errorf("copy image %s of read-only image store %s to change its names: %w", img.ID, r.path, err)
 	}
-	return change(m.store, img.ID)
+	if err := change(m.store, img.ID); err != nil {
+		// A change refused (a name that is not valid) leaves the store as
+		// it was: the read-only image, not a copy of it.
+		if _, derr := m.store.DeleteImage(img.ID, true); derr != nil {
+			return fmt.Errorf("%w (and removing the copy made to change them: %v)", err, derr)
+		}
+		return err
+	}
+	return nil
 }
 
 func (m *multiStore) SetMetadata(id, metadata string) error {

@@ -426,6 +426,24 @@ func checkROStore(t *testing.T, s Store, f roFixture) {
 				t.Errorf("%s: the read-only layer after deleting the copy: %v", tc.name, err)
 			}
 		}
+		// A name that is not valid changes nothing: no copy is left in
+		// the writable store, whether the name is refused before the copy
+		// (empty) or by the copy's own name update (too long for a label).
+		before, err := s.Images()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"", strings.Repeat("n", 5000)} {
+			if err := s.AddNames(f.img2.ID, []string{bad}); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("AddNames %.10q on a read-only image: %v, want ErrInvalidName", bad, err)
+			}
+			if i, err := s.Image(f.img2.ID); err != nil || !i.ReadOnly || strings.Join(i.Names, ",") != "ro/base:1" {
+				t.Errorf("after the refused name %.10q: %+v %v, want the read-only image unchanged", bad, i, err)
+			}
+			if after, err := s.Images(); err != nil || len(after) != len(before) {
+				t.Errorf("after the refused name %.10q: %d images %v, want %d", bad, len(after), err, len(before))
+			}
+		}
 		// A name of the read-only image that an image of the writable
 		// store holds stops the copy, as in containers/storage, and
 		// changes nothing.
