@@ -192,7 +192,7 @@ func GetStore(options StoreOptions) (Store, error) {
 	if holder != nil {
 		// The daemon's own read-only image stores are the store's too.
 		for _, p := range holder.ImageStores {
-			if slices.ContainsFunc(ro, func(r *roStore) bool { return r.path == p }) {
+			if slices.ContainsFunc(ro, func(r *roStore) bool { return r.path == filepath.Clean(p) }) {
 				continue
 			}
 			if separate {

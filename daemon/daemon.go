@@ -53,10 +53,25 @@ type Daemon struct {
 	img *Daemon
 }
 
+// cleanPaths cleans cfg's roots, as the lock records them for stores that
+// compare them with their own cleaned paths.
+func cleanPaths(cfg *config.Config) {
+	cfg.Root = filepath.Clean(cfg.Root)
+	if cfg.ImageStore != "" {
+		cfg.ImageStore = filepath.Clean(cfg.ImageStore)
+	}
+	stores := make([]string, len(cfg.AdditionalImageStores))
+	for i, p := range cfg.AdditionalImageStores {
+		stores[i] = filepath.Clean(p)
+	}
+	cfg.AdditionalImageStores = stores
+}
+
 // Open takes the root of cfg for this process and opens everything in it.
 // holder says who takes it, for whoever comes next: when another process
 // holds the root, Open fails with an *InUseError naming it.
 func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err error) {
+	cleanPaths(&cfg)
 	root := cfg.Root
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create root: %w", err)

@@ -2,10 +2,12 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -96,8 +98,15 @@ func TestReadOnlyStoreLayersForContainerd(t *testing.T) {
 			}
 			before := treeOf(t, filepath.Join(roRoot, "snapshots"))
 
-			s := serveWith(t, ctx, filepath.Join(t.TempDir(), "node"), roRoot)
+			// Named unclean: the daemon uses, and its lock records, the
+			// clean path, which is what stores opening the node compare.
+			node := filepath.Join(t.TempDir(), "node")
+			s := serveWith(t, ctx, node, roRoot+"//.")
 			defer s.stop()
+			var h daemon.Holder
+			if data, err := os.ReadFile(filepath.Join(node, "lock")); err != nil || json.Unmarshal(data, &h) != nil || !slices.Equal(h.ImageStores, []string{roRoot}) {
+				t.Errorf("the lock records image stores %q (%v), want [%s]", h.ImageStores, err, roRoot)
+			}
 			bdb, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
 			if err != nil {
 				t.Fatal(err)
