@@ -5,6 +5,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -40,15 +41,22 @@ func (c imageStoreContent) ReaderAt(ctx context.Context, desc ocispec.Descriptor
 }
 
 // fallThrough calls call on the root's content store, then, for containerd
-// and while the answer is NotFound, on each read-only store's.
+// and while the answer is NotFound, on each read-only store's. A store that
+// fails otherwise (its daemon gone, its disk unreadable) is logged and
+// passed over: the answer is then NotFound, and containerd fetches the
+// blob itself as it would without the store.
 func fallThrough[T any](ctx context.Context, c imageStoreContent, call func(content.Store) (T, error)) (T, error) {
 	v, err := call(c.Store)
 	if !errdefs.IsNotFound(err) || snapshotter.IsStoreCaller(ctx) {
 		return v, err
 	}
 	for _, is := range c.stores {
-		if rv, rerr := call(is.Content); rerr == nil {
+		rv, rerr := call(is.Content)
+		switch {
+		case rerr == nil:
 			return rv, nil
+		case !errdefs.IsNotFound(rerr):
+			log.G(ctx).WithError(rerr).WithField("store", is.Path).Warn("reading content from a read-only image store failed")
 		}
 	}
 	return v, err
