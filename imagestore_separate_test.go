@@ -385,7 +385,7 @@ func TestSeparateImageStoreBadInput(t *testing.T) {
 		{"also overlay.imagestore", StoreOptions{ImageStore: images, GraphDriverOptions: []string{"overlay.imagestore=" + images}},
 			"image store " + images + " (--image-store, storage.conf imagestore): it is also a read-only image store", ErrNotSupported},
 		{"containerd", StoreOptions{ImageStore: images, ContainerdAddress: "/nonexistent.sock"},
-			"image store " + images + " (--image-store, storage.conf imagestore): not supported yet by cs-snapshotter with a store opened through containerd (--containerd)", ErrNotSupported},
+			"image store " + images + " (--image-store, storage.conf imagestore): not supported by cs-snapshotter with a store opened through containerd (--containerd)", ErrNotSupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.o.GraphRoot, tc.o.RunRoot = graph, run

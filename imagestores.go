@@ -60,17 +60,18 @@ type unsupportedError struct{ msg string }
 func (e *unsupportedError) Error() string { return e.msg }
 func (e *unsupportedError) Unwrap() error { return ErrNotSupported }
 
-// CheckImageStores refuses the image stores GetStore does not implement
-// yet (issue 8), naming the option and the path: image stores, separate or
-// additional read-only ones, when the store is opened through containerd
-// (ContainerdAddress). It touches nothing on disk.
+// CheckImageStores refuses the image stores GetStore does not implement,
+// naming the option and the path: image stores, separate or additional
+// read-only ones, when the store is opened through containerd
+// (ContainerdAddress), whose snapshotter is not a cs-snapshotter root. It
+// touches nothing on disk.
 func CheckImageStores(o StoreOptions) error {
 	for _, s := range imageStoreOptions(o) {
 		switch {
 		case s.separate && o.ContainerdAddress != "":
-			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)", s.path, s.option)}
+			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give them to the daemon (serve) instead", s.path, s.option)}
 		case o.ContainerdAddress != "":
-			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported yet by cs-snapshotter with a store opened through containerd (--containerd) (issue 8)", s.path, s.option)}
+			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give them to the daemon (serve) instead", s.path, s.option)}
 		}
 	}
 	return nil

@@ -27,18 +27,18 @@ import (
 	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
-// roStore is one additional read-only image store: the store code reading
-// another root through a snapshotter and a content store that refuse
-// every write (see roSnapshotter), either that root's daemon's (when one
-// serves it on this host) or the root's files read directly
-// (daemon.OpenReadOnly). Its mounts are counted in the writable store's
-// run root.
+// roStore is another root the store reads: an additional read-only image
+// store, read through a snapshotter and a content store that refuse every
+// write (see roSnapshotter), either that root's daemon's (when one serves
+// it on this host) or the root's files read directly
+// (daemon.OpenReadOnly); or the separate image store (writable set),
+// written like the graph root. Its mounts are counted in the writable
+// store's run root.
 type roStore struct {
-	path   string
-	option string
-	st     *store
-	via    func() string // "daemon ADDRESS" or "direct"; "embedded" or "daemon ADDRESS" for the image store
-	close  func() error
+	path  string
+	st    *store
+	via   func() string // "daemon ADDRESS" or "direct"; "embedded" or "daemon ADDRESS" for the image store
+	close func() error
 	// writable: the separate image store (separatestore.go), written like
 	// the graph root; every other roStore is read-only.
 	writable bool
@@ -77,7 +77,7 @@ func openROStore(s *store, o imageStoreOption) (*roStore, error) {
 	}
 	st := &store{opts: StoreOptions{GraphRoot: path, RunRoot: s.opts.RunRoot}, ctx: s.ctx, readOnly: true}
 	st.sn, st.cs = roSnapshotter{is.Snapshotter}, roContent{nativeReads{is.Content}}
-	return &roStore{path: path, option: o.option, st: st, via: is.Via, close: is.Close}, nil
+	return &roStore{path: path, st: st, via: is.Via, close: is.Close}, nil
 }
 
 func closeRO(list []*roStore) {
@@ -150,7 +150,7 @@ func (r roContent) Abort(_ context.Context, ref string) error {
 }
 
 // multiStore is a writable store (the graph root) with a separate
-// writable image store (img, imagestore.go) and/or additional read-only
+// writable image store (img, separatestore.go) and/or additional read-only
 // image stores: reads look in the image store first, then in the graph
 // root, then in each read-only one in order (so a name or ID in two stores
 // is the first one's, as containers/storage's allImageStores order);
@@ -258,14 +258,14 @@ func exists(id string) func(*store) bool {
 	return func(s *store) bool { return s.Exists(id) }
 }
 
-// Layers lists the writable store's layers, then those of each read-only
-// store not listed yet (ReadOnly set).
+// Layers lists the layers of the image store, the graph root, then each
+// read-only store (ReadOnly set), each ID once, the first store's.
 func (m *multiStore) Layers() ([]Layer, error) {
 	return m.layersFrom(func(s *store) ([]Layer, error) { return s.Layers() })
 }
 
-// Images lists the writable store's images, then those of each read-only
-// store not listed yet (ReadOnly set).
+// Images lists the images of the image store, the graph root, then each
+// read-only store (ReadOnly set), each ID once, the first store's.
 func (m *multiStore) Images() ([]Image, error) {
 	var out []Image
 	seen := map[string]bool{}

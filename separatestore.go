@@ -90,7 +90,7 @@ func openImageStore(s *store, is imageStoreOption) (*roStore, error) {
 	if holder != nil {
 		via = "daemon " + holder.Address
 	}
-	return &roStore{path: is.path, option: is.option, st: st, writable: true,
+	return &roStore{path: is.path, st: st, writable: true,
 		via: func() string { return via }, close: st.close}, nil
 }
 

@@ -90,7 +90,7 @@ type store struct {
 
 	// roLayer and roImage, set when there are other image stores (the
 	// separate one, read-only ones), find a layer or image there for
-	// PutLayer and CreateContainer and return the key of its top layer's
+	// PutLayer, CreateImage and CreateContainer and return the key of its top layer's
 	// mirror in this root (made if needed); ErrLayerUnknown or
 	// ErrImageUnknown if no store has it.
 	roLayer func(ref string) (key string, err error)
