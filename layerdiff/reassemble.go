@@ -171,8 +171,8 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 // readAhead is the storage.Unpacker and storage.FileGetter of a
-// reassembly. A goroutine of its own reads the tar-split entries ahead of
-// the writer, opens the files they name (resolved within the root, as
+// reassembly. Goroutines of its own decode the tar-split entries ahead of
+// the writer and open the files they name (resolved within the root, as
 // inRoot.openRegular) and asks the kernel to read their first megabyte in
 // (POSIX_FADV_WILLNEED), so that from a cold cache many reads are in
 // flight instead of one file's at a time. Get hands over the file opened
@@ -180,7 +180,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 type readAhead struct {
 	ch    chan aheadEntry
 	quit  chan struct{}
-	ended chan struct{}
+	ended chan struct{} // closed when both goroutines have ended
 	last  aheadEntry
 }
 
@@ -202,13 +202,37 @@ func newReadAhead(up storage.Unpacker, rootFd int, root string) *readAhead {
 		quit:  make(chan struct{}),
 		ended: make(chan struct{}),
 	}
+	// Decoding the entries and opening the files are each about half of
+	// the work ahead of the writer: one goroutine each, so that on two
+	// cores neither waits for the other.
+	decoded := make(chan aheadEntry, readAheadEntries)
+	decoderEnded := make(chan struct{})
+	go func() {
+		defer close(decoderEnded)
+		defer close(decoded)
+		for {
+			e, err := up.Next()
+			select {
+			case decoded <- aheadEntry{entry: e, err: err}:
+			case <-a.quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	go func() {
 		defer close(a.ended)
+		defer func() { <-decoderEnded }() // it uses up until then
 		in := newInRoot(rootFd, root)
 		defer in.close()
 		for {
-			e, err := up.Next()
-			ae := aheadEntry{entry: e, err: err}
+			ae, ok := <-decoded
+			if !ok {
+				return // quit
+			}
+			e, err := ae.entry, ae.err
 			if err == nil && e.Type == storage.FileType && e.Size > 0 {
 				ae.file, ae.open = in.openRegular(e.GetName(), e.Size)
 				if ae.open == nil {
@@ -254,7 +278,7 @@ func (a *readAhead) Get(name string) (io.ReadCloser, error) {
 	return e.file, nil
 }
 
-// stop ends the goroutine, closing the files it opened, and waits for it:
+// stop ends the goroutines, closing the files they opened, and waits for them:
 // the unpacker is not used afterwards.
 func (a *readAhead) stop() {
 	close(a.quit)
