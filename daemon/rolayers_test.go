@@ -62,6 +62,27 @@ func seedLayers(t *testing.T, ctx context.Context, addr string) []digest.Digest 
 	return identity.ChainIDs(diffIDs)
 }
 
+// mountContainer prepares snapshot key on parent, mounts it on a fresh
+// directory, checks that each of files holds its own name, and returns the
+// directory.
+func mountContainer(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, key, parent string, files ...string) string {
+	t.Helper()
+	mounts, err := sn.Prepare(ctx, key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != name {
+			t.Errorf("container sees %s: %q, %v", name, b, err)
+		}
+	}
+	return target
+}
+
 // serveWith serves root with the additional image stores given.
 func serveWith(t *testing.T, ctx context.Context, root string, stores ...string) *served {
 	t.Helper()
@@ -133,19 +154,7 @@ func TestReadOnlyStoreLayersForContainerd(t *testing.T) {
 				}
 				parent = c.String()
 			}
-			mounts, err := sn.Prepare(ctx, "container", parent)
-			if err != nil {
-				t.Fatal(err)
-			}
-			target := t.TempDir()
-			if err := mount.All(mounts, target); err != nil {
-				t.Fatal(err)
-			}
-			for _, name := range []string{"one", "two"} {
-				if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != name {
-					t.Errorf("container sees %s: %q, %v", name, b, err)
-				}
-			}
+			target := mountContainer(t, ctx, sn, "container", parent, "one", "two")
 			if err := os.WriteFile(filepath.Join(target, "three"), []byte("3"), 0o644); err != nil {
 				t.Fatal(err)
 			}

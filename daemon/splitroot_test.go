@@ -118,19 +118,7 @@ func TestSeparateImageStore(t *testing.T) {
 	}
 
 	// A container on them: in the root, seeing both layers.
-	mounts, err := sn.Prepare(ctx, "container", parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := t.TempDir()
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"one", "two"} {
-		if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != name {
-			t.Errorf("container sees %s: %q, %v", name, b, err)
-		}
-	}
+	target := mountContainer(t, ctx, sn, "container", parent, "one", "two")
 	os.WriteFile(filepath.Join(target, "written"), []byte("w"), 0o644)
 	if err := mount.UnmountAll(target, 0); err != nil {
 		t.Fatal(err)
