@@ -69,9 +69,9 @@ func CheckImageStores(o StoreOptions) error {
 	for _, s := range imageStoreOptions(o) {
 		switch {
 		case s.separate && o.ContainerdAddress != "":
-			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give them to the daemon (serve) instead", s.path, s.option)}
+			return &unsupportedError{msg: fmt.Sprintf("image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give it to the daemon instead (serve --image-store)", s.path, s.option)}
 		case o.ContainerdAddress != "":
-			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give them to the daemon (serve) instead", s.path, s.option)}
+			return &unsupportedError{msg: fmt.Sprintf("additional image store %s (%s): not supported by cs-snapshotter with a store opened through containerd (--containerd): give it to the daemon instead (serve --additional-image-store)", s.path, s.option)}
 		}
 	}
 	return nil
