@@ -24,6 +24,10 @@ state = "%s"
 
 [grpc]
   address = "%s"
+
+# As cs's: a pull unpacks two layers at once (overlayfs has "rebase").
+[plugins."io.containerd.transfer.v1.local"]
+  max_concurrent_unpacks = 2
 `
 
 // daemonProc is a process the benchmark started.

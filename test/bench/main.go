@@ -3,7 +3,8 @@
 // then measures import+unpack through containerd with its builtin
 // overlayfs snapshotter and content store and with cs-snapshotter's
 // snapshot, content and diff proxies (interleaved rounds, cold page cache,
-// fresh roots), `tar -xzf` of the same layers as the floor, container start
+// fresh roots), the same as a pull from a registry on 127.0.0.1, `tar
+// -xzf` of the same layers as the floor, container start
 // latency, snapshot operation latency in-process and over the socket, and
 // Diff reconstruction throughput. It prints a table, writes JSON and draws
 // a PNG chart. See docs/benchmarks.md.
@@ -59,6 +60,7 @@ type Results struct {
 	Rounds    int       `json:"rounds"`
 	Image     *bigImage `json:"image"`
 	Import    ImportRes `json:"import"`
+	Pull      ImportRes `json:"pull"`
 	Start     StartRes  `json:"container_start"`
 	SnapOps   []opResult
 	Diff      DiffRes `json:"diff"`
@@ -147,8 +149,21 @@ func main() {
 	// 2. import+unpack, interleaved rounds
 	if !skip["import"] {
 		ts = time.Now()
-		res.Import = importRounds(ctx, work, csBin, im, rounds)
+		res.Import = importRounds(ctx, work, csBin, im, rounds, "import", "")
 		phase("import", ts)
+		writeJSON(work, res)
+	}
+	// 2b. the same image pulled from a registry on 127.0.0.1: a pull
+	// unpacks layers in parallel, an import one at a time
+	if !skip["pull"] {
+		ts = time.Now()
+		reg, err := serveRegistry(im.Archive)
+		if err != nil {
+			fatal(err)
+		}
+		res.Pull = importRounds(ctx, work, csBin, im, rounds, "pull", reg.ref())
+		reg.close()
+		phase("pull", ts)
 		writeJSON(work, res)
 	}
 	// 3. container start
@@ -206,7 +221,9 @@ func writeJSON(work string, res *Results) {
 	}
 }
 
-func importRounds(ctx context.Context, work, csBin string, im *bigImage, rounds int) ImportRes {
+// importRounds measures getting im into containerd, by how: "import" of
+// its archive, or "pull" of ref.
+func importRounds(ctx context.Context, work, csBin string, im *bigImage, rounds int, how, ref string) ImportRes {
 	r := ImportRes{Seconds: map[string][]float64{}, Median: map[string]float64{}}
 	subjects := []string{"tar", "overlayfs", "cs"}
 	for round := 1; round <= rounds; round++ {
@@ -217,25 +234,25 @@ func importRounds(ctx context.Context, work, csBin string, im *bigImage, rounds 
 		}
 		got := map[string]float64{}
 		for _, subj := range order {
-			dir := filepath.Join(work, "rounds", fmt.Sprintf("r%d-%s", round, subj))
+			dir := filepath.Join(work, "rounds", fmt.Sprintf("%s%d-%s", how, round, subj))
 			var secs float64
 			var err error
 			if subj == "tar" {
 				secs, err = tarRound(dir, im)
 			} else {
-				secs, err = importRound(ctx, subj, dir, csBin, im)
+				secs, err = importRound(ctx, subj, dir, csBin, im, ref)
 			}
 			if err != nil {
 				fatal(fmt.Errorf("round %d %s: %w", round, subj, err))
 			}
 			got[subj] = secs
 			r.Seconds[subj] = append(r.Seconds[subj], secs)
-			logf("import round %d %-9s %6.2f s", round, subj, secs)
+			logf("%s round %d %-9s %6.2f s", how, round, subj, secs)
 		}
 		r.CSOverOverlay = append(r.CSOverOverlay, got["cs"]/got["overlayfs"])
 		r.CSOverTar = append(r.CSOverTar, got["cs"]/got["tar"])
 		r.OverlayOverTar = append(r.OverlayOverTar, got["overlayfs"]/got["tar"])
-		logf("import round %d: cs/overlayfs %.2f× cs/tar %.2f×", round, got["cs"]/got["overlayfs"], got["cs"]/got["tar"])
+		logf("%s round %d: cs/overlayfs %.2f× cs/tar %.2f×", how, round, got["cs"]/got["overlayfs"], got["cs"]/got["tar"])
 	}
 	for _, s := range subjects {
 		r.Median[s] = median(r.Seconds[s])
@@ -266,7 +283,9 @@ func tarRound(dir string, im *bigImage) (float64, error) {
 	return time.Since(t0).Seconds(), nil
 }
 
-func importRound(ctx context.Context, kind, dir, csBin string, im *bigImage) (float64, error) {
+// importRound imports im's archive into a fresh containerd with snapshotter
+// kind, or pulls ref when it is set.
+func importRound(ctx context.Context, kind, dir, csBin string, im *bigImage, ref string) (float64, error) {
 	e, err := newEnv(ctx, kind, dir, csBin)
 	if err != nil {
 		return 0, err
@@ -275,8 +294,12 @@ func importRound(ctx context.Context, kind, dir, csBin string, im *bigImage) (fl
 	if err := dropCaches(); err != nil {
 		return 0, err
 	}
+	args := []string{"images", "import", "--snapshotter", e.snapshotter, im.Archive}
+	if ref != "" {
+		args = []string{"images", "pull", "--plain-http", "--snapshotter", e.snapshotter, ref}
+	}
 	t0 := time.Now()
-	if err := e.ctr("images", "import", "--snapshotter", e.snapshotter, im.Archive); err != nil {
+	if err := e.ctr(args...); err != nil {
 		return 0, err
 	}
 	secs := time.Since(t0).Seconds()

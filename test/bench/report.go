@@ -65,8 +65,15 @@ func printTable(w io.Writer, r *Results) {
 		fmt.Fprintf(w, "\nbig image: %d gzip layers (%s), %d entries, %.0f MB uncompressed, %.0f MB compressed\n", len(im.Layers),
 			strings.Join(layerDirs(im), ", "), im.entries(), float64(im.tarSize())/1e6, float64(im.compressed())/1e6)
 	}
-	if imp := r.Import; len(imp.Seconds) > 0 {
-		fmt.Fprintf(w, "\nimport+unpack, cold cache, %d interleaved rounds\n", r.Rounds)
+	for _, phase := range []struct {
+		what string
+		imp  ImportRes
+	}{{"import+unpack", r.Import}, {"pull+unpack from a registry on 127.0.0.1", r.Pull}} {
+		imp := phase.imp
+		if len(imp.Seconds) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s, cold cache, %d interleaved rounds\n", phase.what, r.Rounds)
 		fmt.Fprintln(tw, "subject\tmedian s\trounds s\t")
 		for _, s := range []string{"tar", "overlayfs", "cs"} {
 			fmt.Fprintf(tw, "%s\t%.2f\t%s\t\n", s, imp.Median[s], floats(imp.Seconds[s], "%.2f"))
