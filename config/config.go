@@ -84,15 +84,22 @@ type Snapshotter struct {
 	// bound. 0 means no bound, as in containerd and containers/storage;
 	// see config.toml.example.
 	MaxLayerSize int64 `toml:"max_layer_size"`
+	// UnpackAhead unpacks each compressed blob containerd writes as it
+	// arrives, before containerd asks for it to be applied; the layer is
+	// then moved into its snapshot instead of unpacked there (an import
+	// overlaps its ingest with its unpacking). A blob nobody applies costs
+	// the unpacking and, for up to ten minutes, its disk space.
+	UnpackAhead bool `toml:"unpack_ahead"`
 }
 
 // Default returns the configuration used when no file sets anything.
 func Default() Config {
 	return Config{
-		Root:     DefaultRoot,
-		RunRoot:  DefaultRunRoot,
-		LogLevel: DefaultLogLevel,
-		GRPC:     GRPC{UID: -1, GID: -1, Mode: DefaultMode},
+		Root:        DefaultRoot,
+		RunRoot:     DefaultRunRoot,
+		LogLevel:    DefaultLogLevel,
+		GRPC:        GRPC{UID: -1, GID: -1, Mode: DefaultMode},
+		Snapshotter: Snapshotter{UnpackAhead: true},
 	}
 }
 

@@ -41,6 +41,9 @@ type Store struct {
 	verity  bool
 	// readOnly: made by NewReadOnly.
 	readOnly bool
+
+	hookMu sync.Mutex
+	hook   IngestHook
 }
 
 // New returns a content store keeping blobs under root.

@@ -198,6 +198,13 @@ func (s *Store) newWriter(ctx context.Context, ref string, total int64, expected
 	}
 	w.fp = fp
 	w.written, w.writeback = w.offset, w.offset
+	if hook := s.ingestHook(); hook != nil && !resumed {
+		// Best effort: without a tail the ingest is only not followed.
+		if t, err := openTail(data); err == nil {
+			w.tail = t
+			hook(ref, t)
+		}
+	}
 	return w, nil
 }
 
@@ -250,6 +257,21 @@ type writer struct {
 	writeback int64   // offset up to which writeback was started
 	err       error   // a failed file write: the ingest no longer matches its digest
 	done      chan result
+	tail      *Tail // told of what reaches the file; nil when not followed
+}
+
+// endTail tells the tail, if any, how the ingest ended: committed as dgst,
+// or abandoned when dgst is empty.
+func (w *writer) endTail(dgst digest.Digest) {
+	if w.tail == nil {
+		return
+	}
+	if dgst != "" {
+		w.tail.committed(dgst)
+	} else {
+		w.tail.abandon()
+	}
+	w.tail = nil
 }
 
 type result struct {
@@ -346,6 +368,9 @@ func (w *writer) fail(err error) {
 // once enough have gathered.
 func (w *writer) wrote(n int) {
 	w.written += int64(n)
+	if w.tail != nil {
+		w.tail.written(w.written)
+	}
 	if w.written-w.writeback >= writebackChunk {
 		// Advisory: a failure here only leaves the work to Commit's fsync.
 		unix.SyncFileRange(int(w.fp.Fd()), w.writeback, w.written-w.writeback, unix.SYNC_FILE_RANGE_WRITE)
@@ -396,6 +421,8 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	}
 	// Whatever happens now, the writer is done and the ref free; a failed
 	// commit leaves the ingest to be resumed or aborted, as containerd's.
+	var committed digest.Digest
+	defer func() { w.endTail(committed) }()
 	err = w.flush()
 	w.fp = nil
 	defer w.s.locks.unlock(w.ref)
@@ -484,6 +511,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if err := os.Chmod(target, (fi.Mode()&os.ModePerm)&^0o333); err != nil {
 		log.G(ctx).WithError(err).WithField("ref", w.ref).Error("failed to make readonly")
 	}
+	committed = dgst
 	return nil
 }
 
@@ -528,6 +556,7 @@ func (w *writer) Close() error {
 	fp := w.fp
 	err := w.flush()
 	w.fp = nil
+	w.endTail("")
 	defer w.s.locks.unlock(w.ref)
 	defer w.releaseBuf()
 	if w.written > 0 {
@@ -557,6 +586,7 @@ func (w *writer) Truncate(size int64) error {
 	if w.buf != nil {
 		*w.buf = (*w.buf)[:0]
 	}
+	w.endTail("")
 	if _, err := w.fp.Seek(0, io.SeekStart); err != nil {
 		return err
 	}

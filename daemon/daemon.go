@@ -128,6 +128,7 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 	if cfg.ImageStore != "" {
 		icfg := cfg
 		icfg.Root, icfg.ImageStore, icfg.AdditionalImageStores = cfg.ImageStore, "", nil
+		icfg.Snapshotter.UnpackAhead = false // set up below, with its differ
 		// No address: a store opening it must not take this daemon's
 		// union of both roots for the image store alone.
 		if d.img, err = Open(ctx, icfg, Holder{What: holder.What, ImageStoreOf: root}); err != nil {
@@ -139,6 +140,18 @@ func Open(ctx context.Context, cfg config.Config, holder Holder) (_ *Daemon, err
 		d.diff = differ.New(d.sn, splitContent{Store: d.rootContent(), other: d.img.cs}, d.db, cfg.Snapshotter.MaxLayerSize)
 		d.img.diff = differ.New(d.img.sn, d.containerdContent(), d.img.db, cfg.Snapshotter.MaxLayerSize)
 		logSplit(ctx, root, cfg.ImageStore)
+	}
+	if cfg.Snapshotter.UnpackAhead {
+		// Where containerd's blobs are written and its layers unpacked.
+		to := d
+		if d.img != nil {
+			to = d.img
+		}
+		hook, err := to.diff.UnpackAhead(ctx, filepath.Join(to.root, "unpack-ahead"))
+		if err != nil {
+			return nil, err
+		}
+		to.cs.SetIngestHook(hook)
 	}
 	return d, nil
 }
@@ -177,6 +190,12 @@ func (d *Daemon) Close() error {
 	}
 	for _, is := range d.stores {
 		errs = append(errs, is.Close())
+	}
+	if d.cs != nil {
+		d.cs.SetIngestHook(nil)
+	}
+	if d.diff != nil {
+		d.diff.Close(context.Background())
 	}
 	if d.sn != nil {
 		errs = append(errs, d.sn.Close())

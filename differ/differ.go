@@ -41,6 +41,15 @@ type Service struct {
 	db *metadata.DB
 	// maxLayerSize bounds what one layer may expand to; 0: no bound.
 	maxLayerSize int64
+	// ahead unpacks blobs as they are written; nil: not done.
+	ahead *ahead
+}
+
+// Close stops unpacking ahead, if it was started.
+func (s *Service) Close(ctx context.Context) {
+	if s.ahead != nil {
+		s.ahead.Close(ctx)
+	}
 }
 
 // New returns the diff service over the daemon's snapshotter, content store
@@ -90,33 +99,12 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		return ocispec.Descriptor{}, fmt.Errorf("apply: %s is not a cs-snapshotter snapshot: %w", upper, errdefs.ErrNotImplemented)
 	}
 
-	ra, err := s.cs.ReaderAt(ctx, ocispec.Descriptor{Digest: dgst, Size: d.Size})
+	res, w, err := s.extract(ctx, id, upper, lowers, dgst, d.Size)
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", dgst, err)
-	}
-	defer ra.Close()
-
-	ref := "cs.apply." + id
-	w, err := content.OpenWriter(ctx, s.cs, content.WithRef(ref))
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("apply %s: record tar-split: %w", dgst, err)
-	}
-	defer w.Close()
-	if err := w.Truncate(0); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	res, err := layerdiff.Apply(ctx, upper, io.NewSectionReader(ra, 0, ra.Size()), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers, MaxUncompressed: s.maxLayerSize})
-	if err != nil {
-		s.cs.Abort(ctx, ref)
-		if errors.Is(err, layerdiff.ErrTooLarge) || errors.Is(err, layerdiff.ErrEscape) || errors.Is(err, layerdiff.ErrTruncated) {
-			err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
-		}
-		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", dgst, err)
-	}
-	if res.CompressedDigest != dgst {
-		s.cs.Abort(ctx, ref)
-		return ocispec.Descriptor{}, fmt.Errorf("apply: blob %s has digest %s: %w", dgst, res.CompressedDigest, errdefs.ErrFailedPrecondition)
-	}
+	defer w.Close()
+	ref := func() string { st, _ := w.Status(); return st.Ref }
 	labels := map[string]string{
 		cslabels.CompressedDigest:   res.CompressedDigest.String(),
 		cslabels.CompressedSize:     strconv.FormatInt(res.CompressedSize, 10),
@@ -140,7 +128,7 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		}
 		labels[cslabels.TarSplit] = ts.String()
 	} else {
-		s.cs.Abort(ctx, ref)
+		s.cs.Abort(ctx, ref())
 		log.G(ctx).WithField("digest", dgst).WithField("why", res.NotReproducible).Debug("layer not reproducible from its files")
 	}
 	if err := s.db.Update(ctx, func(_ context.Context, tx *bolt.Tx) error {
@@ -154,6 +142,58 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		}
 	}
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: res.UncompressedDigest, Size: res.UncompressedSize}, nil
+}
+
+// extract puts layer blob dgst into upper, over lowers, for snapshot id:
+// adopting it from the blobs unpacked ahead when it is there and fits,
+// unpacking it otherwise. The tar-split is in w, not yet committed.
+func (s *Service) extract(ctx context.Context, id, upper string, lowers []string, dgst digest.Digest, size int64) (layerdiff.ApplyResult, content.Writer, error) {
+	if s.ahead != nil {
+		if u := s.ahead.take(ctx, dgst); u != nil {
+			err := layerdiff.Adopt(ctx, u.stage, upper, lowers, &u.unp)
+			if err == nil {
+				s.ahead.adopted(u)
+				log.G(ctx).WithField("digest", dgst).Debug("adopted the layer unpacked ahead")
+				return u.res, u.w, nil
+			}
+			s.ahead.release(ctx, u)
+			if !errors.Is(err, layerdiff.ErrNotAdoptable) {
+				return layerdiff.ApplyResult{}, nil, fmt.Errorf("apply %s: %w", dgst, err)
+			}
+			log.G(ctx).WithError(err).WithField("digest", dgst).Debug("unpacking again onto the parents")
+		}
+	}
+
+	ra, err := s.cs.ReaderAt(ctx, ocispec.Descriptor{Digest: dgst, Size: size})
+	if err != nil {
+		return layerdiff.ApplyResult{}, nil, fmt.Errorf("apply %s: %w", dgst, err)
+	}
+	defer ra.Close()
+
+	ref := "cs.apply." + id
+	w, err := content.OpenWriter(ctx, s.cs, content.WithRef(ref))
+	if err != nil {
+		return layerdiff.ApplyResult{}, nil, fmt.Errorf("apply %s: record tar-split: %w", dgst, err)
+	}
+	fail := func(err error) (layerdiff.ApplyResult, content.Writer, error) {
+		w.Close()
+		s.cs.Abort(ctx, ref)
+		return layerdiff.ApplyResult{}, nil, err
+	}
+	if err := w.Truncate(0); err != nil {
+		return fail(err)
+	}
+	res, err := layerdiff.Apply(ctx, upper, io.NewSectionReader(ra, 0, ra.Size()), layerdiff.ApplyOptions{TarSplit: w, Parents: lowers, MaxUncompressed: s.maxLayerSize})
+	if err != nil {
+		if errors.Is(err, layerdiff.ErrTooLarge) || errors.Is(err, layerdiff.ErrEscape) || errors.Is(err, layerdiff.ErrTruncated) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		}
+		return fail(fmt.Errorf("apply %s: %w", dgst, err))
+	}
+	if res.CompressedDigest != dgst {
+		return fail(fmt.Errorf("apply: blob %s has digest %s: %w", dgst, res.CompressedDigest, errdefs.ErrFailedPrecondition))
+	}
+	return res, w, nil
 }
 
 // ReleaseOrphans lets go of the tar-splits of snapshots that are gone: a

@@ -56,6 +56,11 @@ type ApplyOptions struct {
 	// has it, instead of root 0755, so they do not mask the lower ones
 	// (containerd passes the same for overlay).
 	Parents []string
+	// Unparented, when set, extracts the layer before its parents are
+	// known: Parents must be empty, and what the extraction would have
+	// looked up in them is recorded here for Adopt, which moves the
+	// layer onto them.
+	Unparented *Unparented
 }
 
 // ApplyResult describes an applied layer, as containers/storage records it
@@ -126,6 +131,9 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("layerdiff: apply: %w", err)
 	}
+	if opts.Unparented != nil && len(opts.Parents) > 0 {
+		return ApplyResult{}, fmt.Errorf("layerdiff: apply: both Parents and Unparented given")
+	}
 	if fi, err := os.Lstat(root); err != nil {
 		return ApplyResult{}, fmt.Errorf("layerdiff: apply: %w", err)
 	} else if !fi.IsDir() {
@@ -185,7 +193,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 
 	v := &vetter{
 		root:  root,
-		esc:   escapeChecker{root: root, lowers: opts.Parents, upper: plainResolver{root: root}},
+		esc:   escapeChecker{root: root, lowers: opts.Parents, upper: plainResolver{root: root}, unp: opts.Unparented},
 		max:   opts.MaxUncompressed,
 		track: opts.TarSplit != nil,
 		uids:  map[uint32]struct{}{},
@@ -193,6 +201,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ApplyOptions) (App
 	}
 	defer v.esc.close()
 	ex := newExtractor(root, opts.Parents, v)
+	ex.unp = opts.Unparented
 	applyErr := ex.apply(ctx, tarStream)
 	afterEnd := false
 	if applyErr == nil {

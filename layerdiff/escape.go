@@ -65,6 +65,9 @@ type escapeChecker struct {
 	// upper resolves paths in the upper directory without following
 	// symlinks.
 	upper plainResolver
+	// unp records the lookups that would have gone to the lowers, when
+	// they are not known yet.
+	unp *Unparented
 }
 
 // maxRefs bounds escapeChecker.refs: past it the cache starts over, which
@@ -180,6 +183,9 @@ func (c *escapeChecker) plainInUpper(dir string) bool {
 	case plainMissing:
 	default:
 		return false
+	}
+	if c.unp != nil {
+		c.unp.consult(dir)
 	}
 	if len(c.lowers) == 0 {
 		// Every component that exists is a directory (a symlink would
@@ -304,6 +310,11 @@ func (c *escapeChecker) walk(name string, describe func() string, dir string, ro
 		top := stack[len(stack)-1]
 		next := frame{rel: path.Join(top.rel, comp)}
 		isLink := false
+		if c.unp != nil {
+			// Found in the layer or not, it would have been looked up in
+			// the lowers after an upper directory.
+			c.unp.consult(next.rel)
+		}
 	lookup:
 		for i, d := range top.dirs {
 			p := d.path + "/" + comp

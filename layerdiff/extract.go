@@ -70,6 +70,8 @@ type extractor struct {
 	// symlink). Otherwise every file written is still where its name
 	// leads, and Apply need not check that again.
 	disturbed bool
+	// unp records the directories mkparent makes without the parents.
+	unp *Unparented
 }
 
 func newExtractor(root string, parents []string, v *vetter) *extractor {
@@ -293,6 +295,9 @@ func (e *extractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader) er
 		return err
 	}
 	if hdr.Typeflag == tar.TypeDir {
+		if e.unp != nil {
+			e.unp.set(relTo(e.root, p))
+		}
 		e.dirs = append(e.dirs, madeDir{hdr, p})
 		// Entries in it need not resolve it again, nor look at its mode.
 		e.dirMode[p] = uint32(hdr.Mode & 0o7777)
@@ -630,6 +635,9 @@ func (e *extractor) mkparent(ctx context.Context, path string) error {
 	}
 	if err := os.Chmod(path, 0o755); err != nil {
 		return err
+	}
+	if e.unp != nil {
+		e.unp.made(relTo(root, path))
 	}
 
 	for i := range e.parents {

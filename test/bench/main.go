@@ -61,6 +61,7 @@ type Results struct {
 	Image     *bigImage `json:"image"`
 	Import    ImportRes `json:"import"`
 	Pull      ImportRes `json:"pull"`
+	PullMBps  int       `json:"pull_mbps,omitempty"` // the registry's bound, 0: none
 	Start     StartRes  `json:"container_start"`
 	SnapOps   []opResult
 	Diff      DiffRes `json:"diff"`
@@ -157,7 +158,8 @@ func main() {
 	// unpacks layers in parallel, an import one at a time
 	if !skip["pull"] {
 		ts = time.Now()
-		reg, err := serveRegistry(im.Archive)
+		res.PullMBps = envInt("PULL_MBPS", 0)
+		reg, err := serveRegistry(im.Archive, float64(res.PullMBps))
 		if err != nil {
 			fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -25,6 +26,44 @@ type registry struct {
 	manifest ocispec.Descriptor
 	srv      *http.Server
 	addr     string
+	// pace, when set, bounds what all blob downloads together send per
+	// second, as a link to a remote registry would.
+	pace *pacer
+}
+
+// pacer spreads bytes over time at bps bytes per second, shared by every
+// connection.
+type pacer struct {
+	mu   sync.Mutex
+	next time.Time
+	bps  float64
+}
+
+func (p *pacer) wait(n int) {
+	p.mu.Lock()
+	now := time.Now()
+	if p.next.Before(now) {
+		p.next = now
+	}
+	p.next = p.next.Add(time.Duration(float64(n) / p.bps * float64(time.Second)))
+	until := p.next
+	p.mu.Unlock()
+	time.Sleep(time.Until(until))
+}
+
+// pacedReader sends at most 64 KiB per Read, paced.
+type pacedReader struct {
+	*io.SectionReader
+	p *pacer
+}
+
+func (r pacedReader) Read(b []byte) (int, error) {
+	if len(b) > 64<<10 {
+		b = b[:64<<10]
+	}
+	n, err := r.SectionReader.Read(b)
+	r.p.wait(n)
+	return n, err
 }
 
 // blobAt is where a blob lies in the archive.
@@ -35,12 +74,17 @@ const (
 	registryTag  = "latest"
 )
 
-func serveRegistry(archive string) (*registry, error) {
+// serveRegistry serves archive's image; mbps > 0 bounds the blobs'
+// download rate, in MB/s for all connections together.
+func serveRegistry(archive string, mbps float64) (*registry, error) {
 	f, err := os.Open(archive)
 	if err != nil {
 		return nil, err
 	}
 	r := &registry{archive: f, blobs: map[digest.Digest]blobAt{}}
+	if mbps > 0 {
+		r.pace = &pacer{bps: mbps * 1e6}
+	}
 	if err := r.index(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("registry: %s: %w", archive, err)
@@ -128,5 +172,9 @@ func (r *registry) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	w.Header().Set("Content-Type", mediaType)
 	w.Header().Set("Docker-Content-Digest", d.String())
-	http.ServeContent(w, req, "", time.Time{}, io.NewSectionReader(r.archive, at.off, at.size))
+	var body io.ReadSeeker = io.NewSectionReader(r.archive, at.off, at.size)
+	if r.pace != nil && d != r.manifest.Digest {
+		body = pacedReader{io.NewSectionReader(r.archive, at.off, at.size), r.pace}
+	}
+	http.ServeContent(w, req, "", time.Time{}, body)
 }

@@ -20,7 +20,7 @@ func TestRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := serveRegistry(archive)
+	reg, err := serveRegistry(archive, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

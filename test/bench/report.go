@@ -68,7 +68,7 @@ func printTable(w io.Writer, r *Results) {
 	for _, phase := range []struct {
 		what string
 		imp  ImportRes
-	}{{"import+unpack", r.Import}, {"pull+unpack from a registry on 127.0.0.1", r.Pull}} {
+	}{{"import+unpack", r.Import}, {pullTitle(r.PullMBps), r.Pull}} {
 		imp := phase.imp
 		if len(imp.Seconds) == 0 {
 			continue
@@ -263,4 +263,11 @@ func drawChart(r *Results, path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+func pullTitle(mbps int) string {
+	if mbps > 0 {
+		return fmt.Sprintf("pull+unpack from a registry on 127.0.0.1 sending %d MB/s", mbps)
+	}
+	return "pull+unpack from a registry on 127.0.0.1"
 }
