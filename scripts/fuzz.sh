@@ -65,16 +65,29 @@ fi
 
 parallel=()
 [ -z "${FUZZPARALLEL:-}" ] || parallel=(-parallel "$FUZZPARALLEL")
+# go 1.26's fuzzing coordinator can fail a target with a bare "context
+# deadline exceeded" when -fuzztime ends while a worker is mid-input
+# (go.dev/issue/75804, fixed in go 1.27): no input is written, nothing was
+# found. Such a run is tried once more; any other failure is not.
+deadline_flake() {
+  grep -q 'context deadline exceeded' "$1" && ! grep -q -e 'Failing input written' -e '^panic:' "$1"
+}
 for t in "${targets[@]}"; do
   read -r pkg name <<<"$t"
-  echo "==> $pkg $name ($FUZZTIME)"
   log=$(mktemp)
-  status=ok
-  if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINIMIZETIME" \
-      "${parallel[@]}" "$pkg" 2>&1 | tee "$log"; then
-    status=FAILED
-    failed=1
-  fi
+  status=FAILED
+  for attempt in 1 2; do
+    echo "==> $pkg $name ($FUZZTIME)"
+    if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINIMIZETIME" \
+        "${parallel[@]}" "$pkg" 2>&1 | tee "$log"; then
+      status=ok
+      [ "$attempt" -eq 1 ] || status=ok-retry
+      break
+    fi
+    deadline_flake "$log" || break
+    echo "==> $name: only go's fuzztime deadline race (go.dev/issue/75804); once more"
+  done
+  [ "$status" != FAILED ] || failed=1
   execs=$( (grep -o 'execs: [0-9]*' "$log" || true) | tail -n1 | awk '{print $2}')
   summary+=("$(printf '%-8s %12s  %s %s' "$status" "${execs:-?}" "$pkg" "$name")")
   rm -f "$log"

@@ -101,7 +101,7 @@ func newEnv(ctx context.Context, kind, dir, csBin string) (*ctrdEnv, error) {
 	if kind == "cs" {
 		csRoot, csSock := filepath.Join(dir, "cs-root"), filepath.Join(dir, "cs.sock")
 		cfgPath := filepath.Join(dir, "cs.toml")
-		if err := os.WriteFile(cfgPath, []byte("# defaults\n"), 0o644); err != nil {
+		if err := os.WriteFile(cfgPath, []byte("# defaults, then CS_TOML\n"+os.Getenv("CS_TOML")+"\n"), 0o644); err != nil {
 			return nil, err
 		}
 		p, err := startDaemon("cs-snapshotter", filepath.Join(dir, "cs.log"), csBin, "serve", "--config", cfgPath, "--root", csRoot,

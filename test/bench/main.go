@@ -62,6 +62,7 @@ type Results struct {
 	Import    ImportRes `json:"import"`
 	Pull      ImportRes `json:"pull"`
 	PullMBps  int       `json:"pull_mbps,omitempty"` // the registry's bound, 0: none
+	CSConfig  string    `json:"cs_config,omitempty"` // CS_TOML: what the cs daemon's config adds
 	Start     StartRes  `json:"container_start"`
 	SnapOps   []opResult
 	Diff      DiffRes `json:"diff"`
@@ -122,7 +123,7 @@ func main() {
 	t0 := time.Now()
 	host, _ := os.Hostname()
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	res := &Results{Started: t0, Host: host, CPUs: runtime.NumCPU(), Commit: strings.TrimSpace(string(commit)), Rounds: rounds,
+	res := &Results{CSConfig: os.Getenv("CS_TOML"), Started: t0, Host: host, CPUs: runtime.NumCPU(), Commit: strings.TrimSpace(string(commit)), Rounds: rounds,
 		Durations: map[string]float64{}}
 	phase := func(name string, since time.Time) { res.Durations[name] = time.Since(since).Seconds() }
 

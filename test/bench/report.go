@@ -65,6 +65,9 @@ func printTable(w io.Writer, r *Results) {
 		fmt.Fprintf(w, "\nbig image: %d gzip layers (%s), %d entries, %.0f MB uncompressed, %.0f MB compressed\n", len(im.Layers),
 			strings.Join(layerDirs(im), ", "), im.entries(), float64(im.tarSize())/1e6, float64(im.compressed())/1e6)
 	}
+	if r.CSConfig != "" {
+		fmt.Fprintf(w, "cs-snapshotter's config adds (CS_TOML): %q\n", r.CSConfig)
+	}
 	for _, phase := range []struct {
 		what string
 		imp  ImportRes
