@@ -184,7 +184,7 @@ func main() {
 			if err != nil {
 				fatal(err)
 			}
-			r, err := snapOps(ctx, work, n)
+			r, err := snapOps(ctx, work, csBin, n)
 			if err != nil {
 				fatal(err)
 			}

@@ -68,50 +68,89 @@ func populateStore(ctx context.Context, sn snapshots.Snapshotter, n int) (*popul
 	return p, nil
 }
 
-// snapOps opens a daemon root with n snapshots (the daemon's default
-// config: synchronous remove) and measures each operation in-process
-// (d.Snapshotter()) and over the unix socket through containerd's proxy
-// client (daemon.Dial), alternating call by call.
-func snapOps(ctx context.Context, work string, n int) ([]opResult, error) {
-	root := filepath.Join(work, fmt.Sprintf("snapops-%d", n))
-	_ = os.RemoveAll(root)
-	defer os.RemoveAll(root)
-	cfg := config.Default()
-	cfg.Root = root
-	cfg.RunRoot = filepath.Join(root, "run")
-	addr := cfg.Address()
-	d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "cs bench", Address: addr})
+// snapOps measures each operation on stores of n snapshots (the daemon's
+// default config: synchronous remove), alternating call by call, three
+// ways: "inproc", a daemon root opened in this process (d.Snapshotter());
+// "socket", the same root over a unix socket served from this process,
+// through containerd's proxy client (daemon.Dial); "process", over the
+// socket of a `cs-snapshotter serve` process on a root of its own,
+// populated alike, as containerd (another process) reaches the daemon.
+func snapOps(ctx context.Context, work, csBin string, n int) ([]opResult, error) {
+	base := filepath.Join(work, fmt.Sprintf("snapops-%d", n))
+	_ = os.RemoveAll(base)
+	defer os.RemoveAll(base)
+	open := func(name string) (*daemon.Daemon, config.Config, error) {
+		cfg := config.Default()
+		cfg.Root = filepath.Join(base, name)
+		cfg.RunRoot = filepath.Join(base, name+"-run")
+		d, err := daemon.Open(ctx, cfg, daemon.Holder{What: "cs bench"})
+		return d, cfg, err
+	}
+	d, dcfg, err := open("inproc")
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	l, err := daemon.Listen(addr, cfg.GRPC)
+	inAddr := dcfg.Address()
+	l, err := daemon.Listen(inAddr, dcfg.GRPC)
 	if err != nil {
 		return nil, err
 	}
 	srv := d.NewServer()
 	go func() { _ = srv.Serve(l) }()
 	defer srv.Stop()
-	client, err := daemon.Dial(addr)
+	inClient, err := daemon.Dial(inAddr)
 	if err != nil {
 		return nil, err
 	}
-	defer client.Close()
-
+	defer inClient.Close()
 	inproc := snapshots.Snapshotter(d.Snapshotter())
 	start := time.Now()
 	pop, err := populateStore(ctx, inproc, n)
 	if err != nil {
 		return nil, err
 	}
-	logf("snapshot ops: %d snapshots populated in %v", n, time.Since(start).Round(time.Millisecond))
+	ds, cfg, err := open("process")
+	if err != nil {
+		return nil, err
+	}
+	_, err = populateStore(ctx, ds.Snapshotter(), n)
+	if cerr := ds.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	logf("snapshot ops: 2 stores of %d snapshots populated in %v", n, time.Since(start).Round(time.Millisecond))
+	noConfig := filepath.Join(base, "empty.toml")
+	if err := os.WriteFile(noConfig, nil, 0o644); err != nil {
+		return nil, err
+	}
+	addr := filepath.Join(base, "cs.sock")
+	proc, err := startDaemon("cs-snapshotter", filepath.Join(base, "serve.log"), csBin, "serve", "--config", noConfig,
+		"--root", cfg.Root, "--run-root", cfg.RunRoot, "--address", addr, "--log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	defer proc.stop()
+	if err := waitSock(proc, addr); err != nil {
+		return nil, err
+	}
+	client, err := daemon.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+
 	subjects := []struct {
 		name string
 		sn   snapshots.Snapshotter
-	}{{"inproc", inproc}, {"socket", client.Snapshotter}}
-	// warm the connection
-	if _, err := client.Snapshotter.Stat(ctx, pop.all[0]); err != nil {
-		return nil, err
+	}{{"inproc", inproc}, {"socket", inClient.Snapshotter}, {"process", client.Snapshotter}}
+	// warm the connections
+	for _, c := range []*daemon.Client{inClient, client} {
+		if _, err := c.Snapshotter.Stat(ctx, pop.all[0]); err != nil {
+			return nil, err
+		}
 	}
 
 	var res []opResult
@@ -133,17 +172,22 @@ func snapOps(ctx context.Context, work string, n int) ([]opResult, error) {
 				lat[s] = append(lat[s], time.Since(t0))
 			}
 		}
+		line := fmt.Sprintf("  %-8s n=%-5d", op, n)
 		for s, subj := range subjects {
-			res = append(res, opResult{Snapshots: n, Subject: subj.name, Op: op, Samples: samples,
-				P50us: us(percentile(lat[s], 50)), P99us: us(percentile(lat[s], 99))})
+			r := opResult{Snapshots: n, Subject: subj.name, Op: op, Samples: samples,
+				P50us: us(percentile(lat[s], 50)), P99us: us(percentile(lat[s], 99))}
+			res = append(res, r)
+			line += fmt.Sprintf(" | %s p50 %8.1f µs p99 %8.1f µs", subj.name, r.P50us, r.P99us)
 		}
-		logf("  %-8s n=%-5d inproc p50 %8.1f µs p99 %8.1f µs | socket p50 %8.1f µs p99 %8.1f µs", op, n,
-			res[len(res)-2].P50us, res[len(res)-2].P99us, res[len(res)-1].P50us, res[len(res)-1].P99us)
+		logf("%s", line)
 		return nil
 	}
 	seq := 0
 	key := func(subj, what string) string { seq++; return fmt.Sprintf("bench-%s-%s-%d", what, subj, seq) }
-	var made []string
+	bySubject := map[string]snapshots.Snapshotter{}
+	for _, subj := range subjects {
+		bySubject[subj.name] = subj.sn
+	}
 	err = errors.Join(
 		measure("Stat", 3000, nil, func(sn snapshots.Snapshotter, _ string, i int) error {
 			_, err := sn.Stat(ctx, pop.all[i%len(pop.all)])
@@ -154,14 +198,12 @@ func snapOps(ctx context.Context, work string, n int) ([]opResult, error) {
 			return err
 		}),
 		measure("Prepare", 300, nil, func(sn snapshots.Snapshotter, _ string, i int) error {
-			k := key("x", "prep")
-			made = append(made, k)
-			_, err := sn.Prepare(ctx, k, pop.tips[i%len(pop.tips)])
+			_, err := sn.Prepare(ctx, key("x", "prep"), pop.tips[i%len(pop.tips)])
 			return err
 		}),
 		measure("Remove", 300, func(subj string, i int) (string, error) {
 			k := key(subj, "rm")
-			_, err := inproc.Prepare(ctx, k, pop.tips[i%len(pop.tips)])
+			_, err := bySubject[subj].Prepare(ctx, k, pop.tips[i%len(pop.tips)])
 			return k, err
 		}, func(sn snapshots.Snapshotter, k string, _ int) error {
 			return sn.Remove(ctx, k)
@@ -175,9 +217,6 @@ func snapOps(ctx context.Context, work string, n int) ([]opResult, error) {
 			return err
 		}),
 	)
-	for _, k := range made {
-		_ = inproc.Remove(ctx, k)
-	}
 	return res, err
 }
 
