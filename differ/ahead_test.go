@@ -77,6 +77,35 @@ func gzipTar(t *testing.T, entries []tarEntry) (blob, tarball []byte) {
 	return gb.Bytes(), tb.Bytes()
 }
 
+// bothWays applies base, then layer on it, in two stores: in place, and
+// with layer unpacked ahead (base is applied before unpacking ahead
+// starts). It returns both layers' directories and labels, the store that
+// unpacked ahead and its staging directory.
+type bothWays struct {
+	e                  *env
+	staging            string
+	wantUpper, upper   string
+	wantLabels, labels map[string]string
+}
+
+func unpackBothWays(t *testing.T, base, layer []tarEntry) bothWays {
+	t.Helper()
+	baseBlob, _ := gzipTar(t, base)
+	blob, _ := gzipTar(t, layer)
+	var b bothWays
+	plain := newEnv(t)
+	plain.applyOn(t, "base", "", baseBlob)
+	b.wantUpper, b.wantLabels = plain.applyOn(t, "layer", "base", blob)
+
+	b.e = newEnv(t)
+	b.e.applyOn(t, "base", "", baseBlob)
+	b.staging = b.e.withAhead(t)
+	desc := b.e.store(t, blob)
+	b.e.waitStaged(t, 1)
+	b.upper, b.labels = b.e.applyDesc(t, "layer", "base", desc.Digest, desc.Size)
+	return b
+}
+
 // applyOn prepares key on parent, applies blob into it and commits it.
 func (e *env) applyOn(t *testing.T, key, parent string, blob []byte) (upper string, labels map[string]string) {
 	t.Helper()
@@ -184,20 +213,9 @@ func TestUnpackAhead(t *testing.T) {
 		{hdr: tar.Header{Name: "etc/sym", Typeflag: tar.TypeSymlink, Linkname: "/opt/new"}},
 		{hdr: tar.Header{Name: ".wh..wh..opq", Typeflag: tar.TypeReg}},
 	}
-	baseBlob, _ := gzipTar(t, base)
-	blob, tarball := gzipTar(t, layer)
-
-	// Unpacked where it is applied.
-	plain := newEnv(t)
-	plain.applyOn(t, "base", "", baseBlob)
-	wantUpper, wantLabels := plain.applyOn(t, "layer", "base", blob)
-
-	e := newEnv(t)
-	e.applyOn(t, "base", "", baseBlob) // no hook yet
-	staging := e.withAhead(t)
-	desc := e.store(t, blob)
-	e.waitStaged(t, 1)
-	upper, labels := e.applyDesc(t, "layer", "base", desc.Digest, desc.Size)
+	_, tarball := gzipTar(t, layer)
+	b := unpackBothWays(t, base, layer)
+	e, staging, upper, labels, wantUpper, wantLabels := b.e, b.staging, b.upper, b.labels, b.wantUpper, b.wantLabels
 	if n := differ.AheadStaged(e.diff); n != 0 {
 		t.Errorf("%d unpacked ahead left after the apply", n)
 	}
@@ -239,19 +257,8 @@ func TestUnpackAheadRedone(t *testing.T) {
 		{hdr: tar.Header{Name: "lib", Typeflag: tar.TypeSymlink, Linkname: "usr/lib"}},
 	}
 	layer := []tarEntry{{hdr: tar.Header{Name: "lib/x/file", Typeflag: tar.TypeReg}, body: "x"}}
-	baseBlob, _ := gzipTar(t, base)
-	blob, _ := gzipTar(t, layer)
-
-	plain := newEnv(t)
-	plain.applyOn(t, "base", "", baseBlob)
-	wantUpper, _ := plain.applyOn(t, "layer", "base", blob)
-
-	e := newEnv(t)
-	e.applyOn(t, "base", "", baseBlob)
-	staging := e.withAhead(t)
-	desc := e.store(t, blob)
-	e.waitStaged(t, 1)
-	upper, _ := e.applyDesc(t, "layer", "base", desc.Digest, desc.Size)
+	b := unpackBothWays(t, base, layer)
+	upper, wantUpper, staging := b.upper, b.wantUpper, b.staging
 	if got, want := tree(t, upper), tree(t, wantUpper); !slices.Equal(got, want) {
 		t.Errorf("layer:\n%s\nunpacked in place:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}

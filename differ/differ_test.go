@@ -3,7 +3,6 @@ package differ_test
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"os"
 	"path/filepath"
@@ -71,18 +70,11 @@ func newEnvLimited(t *testing.T, maxLayerSize int64) *env {
 
 func layerBlob(t *testing.T, files map[string]string) (blob []byte, tarball []byte) {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	var entries []tarEntry
 	for name, body := range files {
-		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
-		tw.Write([]byte(body))
+		entries = append(entries, tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, body: body})
 	}
-	tw.Close()
-	var gb bytes.Buffer
-	gw := gzip.NewWriter(&gb)
-	gw.Write(tb.Bytes())
-	gw.Close()
-	return gb.Bytes(), tb.Bytes()
+	return gzipTar(t, entries)
 }
 
 func (e *env) store(t *testing.T, blob []byte) ocispec.Descriptor {
