@@ -104,7 +104,6 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		return ocispec.Descriptor{}, err
 	}
 	defer w.Close()
-	ref := func() string { st, _ := w.Status(); return st.Ref }
 	labels := map[string]string{
 		cslabels.CompressedDigest:   res.CompressedDigest.String(),
 		cslabels.CompressedSize:     strconv.FormatInt(res.CompressedSize, 10),
@@ -128,7 +127,8 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 		}
 		labels[cslabels.TarSplit] = ts.String()
 	} else {
-		s.cs.Abort(ctx, ref())
+		st, _ := w.Status()
+		s.cs.Abort(ctx, st.Ref)
 		log.G(ctx).WithField("digest", dgst).WithField("why", res.NotReproducible).Debug("layer not reproducible from its files")
 	}
 	if err := s.db.Update(ctx, func(_ context.Context, tx *bolt.Tx) error {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +91,7 @@ func (s *Service) UnpackAhead(ctx context.Context, dir string) (contentstore.Ing
 	s.ahead = a
 	ctx = log.WithLogger(context.WithoutCancel(ctx), log.G(ctx).WithField("unpack", "ahead"))
 	return func(ref string, t *contentstore.Tail) {
-		if len(ref) >= len(contentstore.OwnRefPrefix) && ref[:len(contentstore.OwnRefPrefix)] == contentstore.OwnRefPrefix {
+		if strings.HasPrefix(ref, contentstore.OwnRefPrefix) {
 			t.Close() // the daemon's own: tar-splits
 			return
 		}
@@ -120,16 +121,21 @@ func (a *ahead) Close(ctx context.Context) {
 }
 
 func (a *ahead) unpack(ctx context.Context, ref string, t *contentstore.Tail) {
-	br := bufio.NewReaderSize(t, 64<<10)
-	magic, err := br.Peek(4)
-	if err != nil || !(bytes.HasPrefix(magic, gzipMagic) || bytes.HasPrefix(magic, zstdMagic)) {
-		return // not a compressed layer, or the ingest went away
-	}
+	// Listed from the start, so that Close finds its tail to close.
 	u := &unpacked{tail: t, done: make(chan struct{})}
 	a.mu.Lock()
 	a.all[u] = struct{}{}
 	a.mu.Unlock()
 	defer close(u.done)
+	br := bufio.NewReaderSize(t, 64<<10)
+	magic, err := br.Peek(4)
+	if err != nil || !(bytes.HasPrefix(magic, gzipMagic) || bytes.HasPrefix(magic, zstdMagic)) {
+		// Not a compressed layer, or the ingest went away.
+		a.mu.Lock()
+		delete(a.all, u)
+		a.mu.Unlock()
+		return
+	}
 	select {
 	case a.slots <- struct{}{}:
 		defer func() { <-a.slots }()
