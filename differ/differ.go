@@ -150,7 +150,7 @@ func (s *Service) apply(ctx context.Context, req *diffapi.ApplyRequest) (ocispec
 func (s *Service) extract(ctx context.Context, id, upper string, lowers []string, dgst digest.Digest, size int64) (layerdiff.ApplyResult, content.Writer, error) {
 	if s.ahead != nil {
 		if u := s.ahead.take(ctx, dgst); u != nil {
-			err := layerdiff.Adopt(ctx, u.stage, upper, lowers, &u.unp)
+			err := layerdiff.Adopt(u.stage, upper, lowers, &u.unp)
 			if err == nil {
 				s.ahead.adopted(u)
 				log.G(ctx).WithField("digest", dgst).Debug("adopted the layer unpacked ahead")

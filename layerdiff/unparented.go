@@ -1,7 +1,6 @@
 package layerdiff
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -64,7 +63,7 @@ func (u *Unparented) set(rel string) {
 // inherited), Adopt fails with ErrNotAdoptable and changes nothing; so it
 // does if stage and upper are on different file systems. stage is removed
 // once adopted.
-func Adopt(ctx context.Context, stage, upper string, lowers []string, u *Unparented) error {
+func Adopt(stage, upper string, lowers []string, u *Unparented) error {
 	if err := fitsLowers(lowers, u); err != nil {
 		return err
 	}

@@ -63,7 +63,7 @@ func TestAdoptRefusals(t *testing.T) {
 				c.upper(t, upper)
 			}
 			stageBefore, upperBefore := listTree(t, stage), listTree(t, upper)
-			err := Adopt(context.Background(), stage, upper, []string{lower}, &u)
+			err := Adopt(stage, upper, []string{lower}, &u)
 			if !errors.Is(err, ErrNotAdoptable) {
 				t.Fatalf("Adopt: %v, want ErrNotAdoptable", err)
 			}
@@ -105,7 +105,7 @@ func TestAdoptInherits(t *testing.T) {
 	if _, err := Apply(context.Background(), stage, bytes.NewReader(blob), ApplyOptions{Unparented: &u}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Adopt(context.Background(), stage, upper, []string{near, far}, &u); err != nil {
+	if err := Adopt(stage, upper, []string{near, far}, &u); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(stage); !os.IsNotExist(err) {
