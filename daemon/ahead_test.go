@@ -3,8 +3,10 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,6 +81,13 @@ func TestUnpackAheadOverSocket(t *testing.T) {
 	}
 	if n := applyOne(s, "one"); n != 1 {
 		t.Errorf("%d blobs staged while written, want 1", n)
+	}
+	rec := httptest.NewRecorder()
+	s.d.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`cs_snapshotter_unpack_ahead_total{outcome="adopted"} 1`, `cs_snapshotter_unpack_ahead_total{outcome="failed"} 0`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 	if err := s.stop(); err != nil {
 		t.Fatal(err)

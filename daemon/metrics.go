@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/cs-snapshotter/cs-snapshotter/differ"
 	"github.com/cs-snapshotter/cs-snapshotter/snapshotter"
 )
 
@@ -123,6 +124,7 @@ func (d *Daemon) MetricsHandler() http.Handler {
 	reg.MustRegister(
 		rpcRequests, rpcErrors, rpcDuration, ingestBytes,
 		&usageCollector{d: d, ttl: UsageCacheTTL},
+		aheadCollector{d},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -141,6 +143,27 @@ var (
 	rootBytesDesc = prometheus.NewDesc(namespace+"_root_bytes", "Bytes allocated on disk under the root (database, snapshots, blobs), hard links counted once, other file systems mounted inside not counted.", nil, nil)
 	rootFilesDesc = prometheus.NewDesc(namespace+"_root_inodes", "Inodes under the root, hard links counted once.", nil, nil)
 )
+
+var aheadDesc = prometheus.NewDesc(namespace+"_unpack_ahead_total",
+	"Blobs unpacked while containerd wrote them, by how that ended: adopted (moved into the snapshot applied), not_fitting (unpacked again onto parents that did not fit), failed, unused (never applied, dropped), late (applied before the unpacking started).",
+	[]string{"outcome"}, nil)
+
+// aheadCollector reports the unpacking ahead of the root containerd's
+// layers are unpacked in.
+type aheadCollector struct{ d *Daemon }
+
+func (aheadCollector) Describe(ch chan<- *prometheus.Desc) { ch <- aheadDesc }
+
+func (c aheadCollector) Collect(ch chan<- prometheus.Metric) {
+	to := c.d
+	if to.img != nil {
+		to = to.img
+	}
+	counts := to.diff.AheadCounts()
+	for i, outcome := range differ.AheadOutcomes {
+		ch <- prometheus.MustNewConstMetric(aheadDesc, prometheus.CounterValue, float64(counts[i]), outcome)
+	}
+}
 
 // usage is what the walks found.
 type usage struct {

@@ -41,6 +41,32 @@ var (
 	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
+// AheadOutcomes are how a blob unpacked ahead can end: moved into its
+// snapshot; applied again because its parents did not fit; its unpacking
+// failed (not a layer, corrupt, the ingest abandoned); never applied,
+// dropped after keepAhead; applied before its unpacking could start.
+var AheadOutcomes = [...]string{"adopted", "not_fitting", "failed", "unused", "late"}
+
+const (
+	outcomeAdopted = iota
+	outcomeNotFitting
+	outcomeFailed
+	outcomeUnused
+	outcomeLate
+)
+
+// AheadCounts returns how many blobs unpacked ahead ended each way, in the
+// order of AheadOutcomes; all zero when the service does not unpack ahead.
+func (s *Service) AheadCounts() [len(AheadOutcomes)]uint64 {
+	var c [len(AheadOutcomes)]uint64
+	if s.ahead != nil {
+		for i := range c {
+			c[i] = s.ahead.outcomes[i].Load()
+		}
+	}
+	return c
+}
+
 // ahead is the blobs being, or done, unpacked ahead.
 type ahead struct {
 	dir   string // the staging directories' parent, on the snapshots' file system
@@ -48,6 +74,9 @@ type ahead struct {
 	max   int64
 	slots chan struct{}
 	seq   atomic.Uint64
+
+	// How blobs unpacked ahead ended, by AheadOutcomes.
+	outcomes [len(AheadOutcomes)]atomic.Uint64
 
 	mu   sync.Mutex
 	all  map[*unpacked]struct{}
@@ -146,6 +175,7 @@ func (a *ahead) unpack(ctx context.Context, ref string, t *contentstore.Tail) {
 	if u.taken {
 		delete(a.all, u) // its Apply did not wait
 		a.mu.Unlock()
+		a.outcomes[outcomeLate].Add(1)
 		return
 	}
 	u.started = true
@@ -156,6 +186,7 @@ func (a *ahead) unpack(ctx context.Context, ref string, t *contentstore.Tail) {
 	l := log.G(ctx).WithField("ref", ref).WithField("digest", t.Digest()).WithField("d", time.Since(start))
 	if u.err != nil {
 		l.WithError(u.err).Debug("not unpacked ahead")
+		a.outcomes[outcomeFailed].Add(1)
 		a.mu.Lock()
 		a.drop(ctx, u)
 		a.mu.Unlock()
@@ -174,6 +205,7 @@ func (a *ahead) unpack(ctx context.Context, ref string, t *contentstore.Tail) {
 		defer a.mu.Unlock()
 		if !u.taken {
 			log.G(ctx).WithField("digest", t.Digest()).Debug("dropping a blob unpacked ahead that was not applied")
+			a.outcomes[outcomeUnused].Add(1)
 			a.drop(ctx, u)
 		}
 	}()
@@ -266,4 +298,5 @@ func (a *ahead) adopted(u *unpacked) {
 	a.mu.Lock()
 	delete(a.all, u)
 	a.mu.Unlock()
+	a.outcomes[outcomeAdopted].Add(1)
 }

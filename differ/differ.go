@@ -160,6 +160,7 @@ func (s *Service) extract(ctx context.Context, id, upper string, lowers []string
 			if !errors.Is(err, layerdiff.ErrNotAdoptable) {
 				return layerdiff.ApplyResult{}, nil, fmt.Errorf("apply %s: %w", dgst, err)
 			}
+			s.ahead.outcomes[outcomeNotFitting].Add(1)
 			log.G(ctx).WithError(err).WithField("digest", dgst).Debug("unpacking again onto the parents")
 		}
 	}
