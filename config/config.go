@@ -75,7 +75,9 @@ type GRPC struct {
 type Snapshotter struct {
 	// MountOptions are added to every overlay mount.
 	MountOptions []string `toml:"mount_options"`
-	// AsyncRemove defers removing a snapshot's files to Cleanup.
+	// AsyncRemove defers removing the files of a snapshot containerd
+	// removes to Cleanup, as containerd's overlay snapshotter does by
+	// default; the store's own removals delete them at once.
 	AsyncRemove bool `toml:"async_remove"`
 	// MaxLayerSize bounds, in bytes, what one layer may expand to when it
 	// is applied (a pull's unpacking, the store's ApplyDiff): its
@@ -99,7 +101,7 @@ func Default() Config {
 		RunRoot:     DefaultRunRoot,
 		LogLevel:    DefaultLogLevel,
 		GRPC:        GRPC{UID: -1, GID: -1, Mode: DefaultMode},
-		Snapshotter: Snapshotter{UnpackAhead: true},
+		Snapshotter: Snapshotter{AsyncRemove: true, UnpackAhead: true},
 	}
 }
 

@@ -40,8 +40,11 @@ import (
 type Options struct {
 	// MountOptions are extra overlay mount options.
 	MountOptions []string
-	// AsyncRemove leaves a removed snapshot's directories for Cleanup
-	// instead of deleting them during Remove.
+	// AsyncRemove leaves the directories of a snapshot containerd removes
+	// for Cleanup, which containerd calls after each garbage collection,
+	// instead of deleting them during Remove. The store's own removals
+	// (WithStoreCaller) delete them at once all the same, as
+	// containers/storage does: its callers expect the space back.
 	AsyncRemove bool
 	// Removed, if set, is called after a snapshot is removed, with its
 	// record ID and last labels, to let go of what they reference.
@@ -266,7 +269,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if s.removed != nil {
 		s.removed(ctx, id, labels)
 	}
-	if !s.asyncRemove {
+	if !s.asyncRemove || IsStoreCaller(ctx) {
 		// The record is gone; a directory left behind by a failure here is an
 		// orphan that Cleanup removes.
 		for _, dir := range []string{s.filesPath(id), s.workPath(id)} {

@@ -69,7 +69,8 @@ func populateStore(ctx context.Context, sn snapshots.Snapshotter, n int) (*popul
 }
 
 // snapOps measures each operation on stores of n snapshots (the daemon's
-// default config: synchronous remove), alternating call by call, three
+// default config: a Remove leaves the files to Cleanup, as containerd's
+// overlayfs snapshotter does by default), alternating call by call, three
 // ways: "inproc", a daemon root opened in this process (d.Snapshotter());
 // "socket", the same root over a unix socket served from this process,
 // through containerd's proxy client (daemon.Dial); "process", over the
