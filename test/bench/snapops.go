@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 
 	"github.com/cs-snapshotter/cs-snapshotter/config"
 	"github.com/cs-snapshotter/cs-snapshotter/daemon"
@@ -19,7 +20,7 @@ import (
 // opResult is one operation's latency distribution for one subject.
 type opResult struct {
 	Snapshots int     `json:"snapshots"`
-	Subject   string  `json:"subject"` // inproc or socket
+	Subject   string  `json:"subject"` // inproc, socket, process or overlay
 	Op        string  `json:"op"`
 	Samples   int     `json:"samples"`
 	P50us     float64 `json:"p50_us"`
@@ -75,7 +76,10 @@ func populateStore(ctx context.Context, sn snapshots.Snapshotter, n int) (*popul
 // "socket", the same root over a unix socket served from this process,
 // through containerd's proxy client (daemon.Dial); "process", over the
 // socket of a `cs-snapshotter serve` process on a root of its own,
-// populated alike, as containerd (another process) reaches the daemon.
+// populated alike, as containerd (another process) reaches the daemon. A
+// fourth, "overlay", is containerd's overlayfs snapshotter in this process
+// (asynchronous remove, as containerd's plugin by default) on the same
+// disk: the floor the disk's fsyncs and containerd's record format set.
 func snapOps(ctx context.Context, work, csBin string, n int) ([]opResult, error) {
 	base := filepath.Join(work, fmt.Sprintf("snapops-%d", n))
 	_ = os.RemoveAll(base)
@@ -122,7 +126,15 @@ func snapOps(ctx context.Context, work, csBin string, n int) ([]opResult, error)
 	if err != nil {
 		return nil, err
 	}
-	logf("snapshot ops: 2 stores of %d snapshots populated in %v", n, time.Since(start).Round(time.Millisecond))
+	ov, err := overlay.NewSnapshotter(filepath.Join(base, "overlay"), overlay.AsynchronousRemove)
+	if err != nil {
+		return nil, err
+	}
+	defer ov.Close()
+	if _, err := populateStore(ctx, ov, n); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	logf("snapshot ops: 3 stores of %d snapshots populated in %v", n, time.Since(start).Round(time.Millisecond))
 	noConfig := filepath.Join(base, "empty.toml")
 	if err := os.WriteFile(noConfig, nil, 0o644); err != nil {
 		return nil, err
@@ -146,7 +158,7 @@ func snapOps(ctx context.Context, work, csBin string, n int) ([]opResult, error)
 	subjects := []struct {
 		name string
 		sn   snapshots.Snapshotter
-	}{{"inproc", inproc}, {"socket", inClient.Snapshotter}, {"process", client.Snapshotter}}
+	}{{"inproc", inproc}, {"socket", inClient.Snapshotter}, {"process", client.Snapshotter}, {"overlay", ov}}
 	// warm the connections
 	for _, c := range []*daemon.Client{inClient, client} {
 		if _, err := c.Snapshotter.Stat(ctx, pop.all[0]); err != nil {
