@@ -137,3 +137,43 @@ func newOwnStore(t *testing.T) *contentstore.Store {
 func ocispecDesc(data string) ocispec.Descriptor {
 	return ocispec.Descriptor{Digest: digest.FromString(data), Size: int64(len(data))}
 }
+
+// TestTailKeepsBlobTimes: a tail read after the commit leaves the blob's
+// times as the commit set them. The blob's access time is its UpdatedAt,
+// and a read would otherwise move it to the kernel's coarse clock, which
+// can be before the commit (containerd's content suite caught that).
+func TestTailKeepsBlobTimes(t *testing.T) {
+	cs := newOwnStore(t)
+	start := make(chan struct{})
+	read := make(chan error, 1)
+	cs.SetIngestHook(func(_ string, tail *contentstore.Tail) {
+		go func() {
+			defer tail.Close()
+			<-start
+			_, err := io.ReadAll(tail)
+			read <- err
+		}()
+	})
+	t.Cleanup(func() { cs.SetIngestHook(nil) })
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("x"), 1<<20)
+	if err := content.WriteBlob(ctx, cs, "late-tail", bytes.NewReader(data), ocispec.Descriptor{Size: int64(len(data)), Digest: digest.FromBytes(data)}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := cs.Info(ctx, digest.FromBytes(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // past a clock tick
+	close(start)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	after, err := cs.Info(ctx, digest.FromBytes(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !after.UpdatedAt.Equal(before.UpdatedAt) || !after.CreatedAt.Equal(before.CreatedAt) {
+		t.Errorf("after the tail's read: created %s updated %s, want %s and %s", after.CreatedAt, after.UpdatedAt, before.CreatedAt, before.UpdatedAt)
+	}
+}
