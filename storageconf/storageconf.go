@@ -230,7 +230,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		// them too ("Failed to decode the keys").
 		for _, e := range missing.Errors {
 			line, _ := e.Position()
-			c.Warnings = append(c.Warnings, Warning{File: file, Line: line, Key: strings.Join(e.Key(), "."),
+			c.Warnings = append(c.Warnings, Warning{File: file, Line: line, Key: keyName(e.Key()),
 				Msg: "unknown option, ignored"})
 		}
 	case err != nil:
@@ -433,4 +433,24 @@ func IsContainersStorageRoot(dir string) bool {
 		}
 	}
 	return false
+}
+
+// keyName writes a key's parts as TOML does, quoting those that are not
+// bare keys (an empty one, say), so that a warning always names the key.
+func keyName(parts []string) string {
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		bare := p != ""
+		for _, r := range p {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+				bare = false
+				break
+			}
+		}
+		out[i] = p
+		if !bare {
+			out[i] = strconv.Quote(p)
+		}
+	}
+	return strings.Join(out, ".")
 }
